@@ -1,0 +1,22 @@
+"""DVC stage evaluate: test metrics and output statistics, logged into the training run."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+from logitlab import stages  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    stages.entry(stages.evaluate, ROOT)(cfg)
+
+
+if __name__ == "__main__":
+    main()
