@@ -15,11 +15,12 @@ log = logging.getLogger(__name__)
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 RUN_FILE = "run.json"
+ENV_URI = "MLFLOW_TRACKING_URI"
 
 
 def tracking_uri(tracking: Mapping[str, Any], root: Path) -> str:
     """tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db (what `mlflow ui` in root reads)."""
-    return tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+    return tracking.get("uri") or os.environ.get(ENV_URI) or f"sqlite:///{(root / DEFAULT_DB).resolve()}"
 
 
 def setup(tracking: Mapping[str, Any], root: Path) -> str:
@@ -28,12 +29,21 @@ def setup(tracking: Mapping[str, Any], root: Path) -> str:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(tracking, root)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; put the user's value back, or the
+    # next job of a multirun in this process would take this job's store for the user's choice.
+    user_env = os.environ.get(ENV_URI)
     mlflow.set_tracking_uri(uri)
+    if user_env is None:
+        os.environ.pop(ENV_URI, None)
+    else:
+        os.environ[ENV_URI] = user_env
     name = tracking["experiment"]
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        # A local store keeps artifacts beside the DB; a server decides for itself.
-        location = (root / ARTIFACTS_DIR).resolve().as_uri() if uri.startswith("sqlite:") else None
+        # A SQLite store keeps its artifacts beside the DB file; a server decides for itself.
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).resolve().as_uri()
         try:
             mlflow.create_experiment(name, artifact_location=location,
                                      tags={"mlflow.experimentKind": "custom_model_development"})

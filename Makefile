@@ -1,0 +1,38 @@
+# Two commands do all the set-up:
+#   make repro   create .venv if missing, install logitlab, run the whole DVC pipeline
+#   make test    the same set-up, then the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.logitlab-installed
+
+# No usage telemetry leaves this machine.
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DVC_NO_ANALYTICS ?= 1
+# DVC stages call `python`: make it the project's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup repro test test-fast params ui
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet "pip>=23"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+repro: $(STAMP)
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## everything but the slow end-to-end runs
+	$(BIN)/python -m pytest -m "not slow"
+
+params: $(STAMP)  ## regenerate params.yaml from conf/ (a test fails while they disagree)
+	$(BIN)/python -m logitlab params
+
+ui: $(STAMP)  ## MLflow UI on the project's store, loopback only
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000

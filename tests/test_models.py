@@ -1,0 +1,56 @@
+"""The two heads: probabilities that sum to 1, and logits whose softmax is the softmax head."""
+
+import keras
+import numpy as np
+import pytest
+
+from logitlab.evaluation import output_stats, probabilities, softmax
+from logitlab.models import build_model, compile_model, loss_for
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32) * 3
+
+
+def test_softmax_head_outputs_sum_to_one(x):
+    keras.utils.set_random_seed(1)
+    model = build_model(8, 5, [16, 8], "softmax")
+    out = model.predict(x, verbose=0)
+    assert out.shape == (64, 5) and out.min() >= 0
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_logit_head_is_the_softmax_head_before_its_softmax(x):
+    keras.utils.set_random_seed(1)
+    soft = build_model(8, 5, [16, 8], "softmax")
+    logit = build_model(8, 5, [16, 8], "logit")
+    logit.set_weights(soft.get_weights())
+    logits = logit.predict(x, verbose=0)
+    assert (logits < 0).any() and not np.allclose(logits.sum(axis=1), 1.0)
+    np.testing.assert_allclose(softmax(logits), soft.predict(x, verbose=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(probabilities(logits, "logit"), softmax(logits))
+
+
+def test_each_head_gets_the_matching_loss():
+    assert loss_for("logit").get_config()["from_logits"] is True
+    assert loss_for("softmax").get_config()["from_logits"] is False
+    model = compile_model(build_model(2, 3, [4], "logit"), "logit", lr=0.01)
+    assert model.loss.get_config()["from_logits"] is True
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+
+
+def test_stable_softmax_survives_large_logits():
+    z = np.array([[1000.0, 0.0, -1000.0], [30.0, 0.0, -30.0]], dtype=np.float32)
+    p = softmax(z)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    assert p[0, 0] == 1.0 and p[0, 2] == 0.0
+
+
+def test_output_stats_report_raw_and_probability_extremes():
+    outputs = np.array([[2.0, -1.0], [-3.0, 5.0]], dtype=np.float32)
+    stats = output_stats(outputs, softmax(outputs))
+    assert stats["output_min"] == -3.0 and stats["output_max"] == 5.0
+    assert stats["prob_max"] == pytest.approx(1 / (1 + np.exp(-8)), rel=1e-6)
+    assert stats["prob_min"] == pytest.approx(1 / (1 + np.exp(8)), rel=1e-5)
