@@ -11,6 +11,7 @@ from logitlab.config import (
     params_drift,
     run_params,
     validate_training,
+    variant,
 )
 from logitlab.errors import UserError
 
@@ -50,7 +51,10 @@ def test_batch_size_falls_back_to_the_dataset():
     "override, message",
     [
         ("dataset=cifar", "unknown dataset 'cifar'; valid: blobs, mnist"),
-        ("model.head=tanh", "unknown model.head 'tanh'; valid: softmax, logit"),
+        ("model.head=tanh", "unknown model.head 'tanh' for task multiclass; valid: softmax, logit, softmax_strict, sigmoid"),
+        ("task=ternary", "unknown task 'ternary'; valid: multiclass, binary"),
+        ("trainer.name=sgd_loop", "unknown trainer 'sgd_loop'; valid: fit, gradient_tape"),
+        ("trainer.steps_per_execution=0", "trainer.steps_per_execution must be a positive whole number"),
         ("trainer.epochs=0", "trainer.epochs must be a positive whole number, got 0"),
         ("trainer.epochs=-3", "trainer.epochs must be a positive whole number, got -3"),
         ("trainer.batch_size=0", "trainer.batch_size must be a positive whole number, got 0"),
@@ -58,11 +62,13 @@ def test_batch_size_falls_back_to_the_dataset():
         ("optimizer.lr=0", "optimizer.lr must be a positive number, got 0"),
         ("trainer.validation_split=1.5", r"trainer.validation_split must be a number in \[0, 1\), got 1.5"),
         ("model.layers=[25,-1]", "model.layers must be a list of positive unit counts"),
+        ("datasets.blobs.binary.positive_class=7", "must be in 0..3, got 7"),
     ],
 )
 def test_bad_training_settings_are_user_errors(override, message):
+    overrides = [override, "task=binary", "dataset=blobs", "model.head=logit"] if "positive_class" in override else [override]
     with pytest.raises(UserError, match=message):
-        validate_training(compose_params(ROOT, [override]))
+        validate_training(compose_params(ROOT, overrides))
 
 
 def test_run_params_carry_only_the_chosen_dataset():
@@ -75,3 +81,15 @@ def test_run_params_carry_only_the_chosen_dataset():
 
 def test_flatten_nests_with_dots():
     assert flatten(OmegaConf.create({"a": {"b": 1, "c": [1, 2]}, "d": None})) == {"a.b": "1", "a.c": "[1, 2]", "d": "null"}
+
+
+def test_variant_names_the_non_default_task_and_trainer():
+    assert variant(compose_params(ROOT, [])) == "mnist-logit"
+    assert variant(compose_params(ROOT, ["dataset=blobs", "task=binary", "model.head=sigmoid_strict"])) == "blobs-binary-sigmoid_strict"
+    tape = compose_params(ROOT, ["trainer=gradient_tape", "model.head=softmax"])
+    assert variant(tape) == "mnist-softmax-gradient_tape" and tape.trainer.shuffle_buffer == 1024
+
+
+def test_gradient_tape_settings_are_checked():
+    with pytest.raises(UserError, match="trainer.shuffle_buffer must be a positive whole number, got 0"):
+        validate_training(compose_params(ROOT, ["trainer=gradient_tape", "trainer.shuffle_buffer=0"]))

@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from logitlab.evaluation import output_stats, probabilities, softmax
+from logitlab.evaluation import output_stats
 from logitlab.models import build_model, compile_model, loss_for
+from logitlab.numerics import probabilities, softmax
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +30,16 @@ def test_logit_head_is_the_softmax_head_before_its_softmax(x):
     logits = logit.predict(x, verbose=0)
     assert (logits < 0).any() and not np.allclose(logits.sum(axis=1), 1.0)
     np.testing.assert_allclose(softmax(logits), soft.predict(x, verbose=0), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(probabilities(logits, "logit"), softmax(logits))
+    np.testing.assert_allclose(probabilities(logits, "multiclass", "logit"), softmax(logits))
 
 
 def test_each_head_gets_the_matching_loss():
     assert loss_for("logit").get_config()["from_logits"] is True
     assert loss_for("softmax").get_config()["from_logits"] is False
+    assert loss_for("softmax_strict").get_config()["from_logits"] is False
+    assert isinstance(loss_for("logit", "binary"), keras.losses.BinaryCrossentropy)
+    assert loss_for("logit", "binary").get_config()["from_logits"] is True
+    assert loss_for("sigmoid_strict", "binary").get_config()["from_logits"] is False
     model = compile_model(build_model(2, 3, [4], "logit"), "logit", lr=0.01)
     assert model.loss.get_config()["from_logits"] is True
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.01)
@@ -54,3 +59,33 @@ def test_output_stats_report_raw_and_probability_extremes():
     assert stats["output_min"] == -3.0 and stats["output_max"] == 5.0
     assert stats["prob_max"] == pytest.approx(1 / (1 + np.exp(-8)), rel=1e-6)
     assert stats["prob_min"] == pytest.approx(1 / (1 + np.exp(8)), rel=1e-5)
+
+
+def test_strict_heads_detach_the_logits_and_survive_save_and_load(x, tmp_path):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(1)
+    strict = build_model(8, 5, [16], "softmax_strict")
+    assert hasattr(build_model(8, 5, [16], "softmax")(tf.constant(x)), "_keras_logits")
+    assert not hasattr(strict(tf.constant(x)), "_keras_logits")
+    strict.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.layers[-1].__class__.__name__ == "DetachLogits"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), strict.predict(x, verbose=0))
+
+
+def test_binary_heads_have_one_output_and_sigmoid_sums_do_not_matter(x):
+    keras.utils.set_random_seed(1)
+    out = build_model(8, 5, [16], "sigmoid", task="binary").predict(x, verbose=0)
+    assert out.shape == (64, 1) and 0 <= out.min() and out.max() <= 1
+    multi = build_model(8, 5, [16], "sigmoid").predict(x, verbose=0)
+    assert np.abs(multi.sum(axis=1) - 1).max() > 0.1  # the mismatched head's outputs do not sum to 1
+
+
+def test_unknown_task_or_head_for_a_task_is_a_user_error():
+    from logitlab.errors import UserError
+
+    with pytest.raises(UserError, match="unknown model.head 'softmax' for task binary; valid: sigmoid, logit, sigmoid_strict"):
+        build_model(2, 2, [2], "softmax", task="binary")
+    with pytest.raises(UserError, match="unknown task 'ternary'; valid: multiclass, binary"):
+        build_model(2, 2, [2], "logit", task="ternary")

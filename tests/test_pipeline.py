@@ -36,7 +36,7 @@ def finished_runs(uri):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["model.head=tanh"], "unknown model.head 'tanh'; valid: softmax, logit"),
+        (["model.head=tanh"], "unknown model.head 'tanh' for task multiclass; valid: softmax, logit, softmax_strict, sigmoid"),
         (["dataset=cifar"], "unknown dataset 'cifar'; valid: blobs, mnist"),
         (["trainer.epochs=-1"], "trainer.epochs must be a positive whole number, got -1"),
     ],

@@ -104,7 +104,7 @@ def test_evaluating_a_run_missing_from_the_store_names_the_fix(trained, tmp_path
     orphan.mkdir()
     (orphan / "model.keras").write_bytes((trained.run_dir / "model.keras").read_bytes())
     (orphan / "run.json").write_text(json.dumps(dict(info, run_id="0" * 32)))
-    with pytest.raises(UserError, match=f"run {'0' * 32} is not in the tracking store .*dvc repro -f train@blobs-logit"):
+    with pytest.raises(UserError, match=f"run {'0' * 32} is not in the tracking store .*dvc repro -f the train stage of blobs-logit"):
         evaluate(trained.cfg, ROOT, orphan, tmp_path / "m.json", tmp_path / "p.json")
     assert not (tmp_path / "m.json").exists()
 

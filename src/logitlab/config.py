@@ -11,9 +11,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from logitlab.errors import UserError
+from logitlab.heads import head_spec
 
-HEADS = ("softmax", "logit")
 PARAMS_FILE = "params.yaml"
+# Each trainer and the whole-number settings of its own it must have.
+TRAINERS = {"fit": ("steps_per_execution",), "gradient_tape": ("shuffle_buffer", "log_every_n_steps")}
 CONF_DIR = "conf"
 
 
@@ -59,12 +61,6 @@ def _choice(options: DictConfig, name: Any, what: str) -> DictConfig:
     return options[name]
 
 
-def check_head(head: Any) -> str:
-    if head not in HEADS:
-        raise UserError(f"unknown model.head {head!r}; valid: {', '.join(HEADS)}")
-    return head
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -90,6 +86,14 @@ def fraction(value: Any, key: str, *, low_inclusive: bool = False) -> float:
     return float(value)
 
 
+def variant(cfg: DictConfig) -> str:
+    """The name of a dataset x task x head x trainer combination: mnist-logit, blobs-binary-sigmoid_strict,
+    mnist-logit-gradient_tape (the default task and trainer go unnamed)."""
+    parts = [cfg.dataset, None if cfg.task == "multiclass" else cfg.task, cfg.model.head,
+             None if cfg.trainer.name == "fit" else cfg.trainer.name]
+    return "-".join(p for p in parts if p)
+
+
 def batch_size(cfg: DictConfig) -> int:
     """trainer.batch_size, or the dataset's own when that is null."""
     value = cfg.trainer.batch_size
@@ -101,11 +105,17 @@ def batch_size(cfg: DictConfig) -> int:
 
 def validate_training(cfg: DictConfig) -> None:
     """Every setting `train` reads, checked before any work starts."""
-    dataset_config(cfg)
-    check_head(cfg.model.head)
+    ds = dataset_config(cfg)
+    head_spec(cfg.task, cfg.model.head)
+    if cfg.task == "binary" and ds.binary.positive_class not in range(ds.num_classes):
+        raise UserError(f"datasets.{cfg.dataset}.binary.positive_class must be in 0..{ds.num_classes - 1}, "
+                        f"got {ds.binary.positive_class!r}")
+    if cfg.trainer.name not in TRAINERS:
+        raise UserError(f"unknown trainer {cfg.trainer.name!r}; valid: {', '.join(TRAINERS)}")
     positive_int(cfg.trainer.epochs, "trainer.epochs")
     batch_size(cfg)
-    positive_int(cfg.trainer.steps_per_execution, "trainer.steps_per_execution")
+    for key in TRAINERS[cfg.trainer.name]:
+        positive_int(cfg.trainer[key], f"trainer.{key}")
     fraction(cfg.trainer.validation_split, "trainer.validation_split", low_inclusive=True)
     positive_float(cfg.optimizer.lr, "optimizer.lr")
     if cfg.optimizer.name != "adam":

@@ -1,9 +1,11 @@
-"""Test-set evaluation: loss, accuracy and the min/max of raw outputs and probabilities."""
+"""Test-set evaluation, logged into the training run: loss, accuracy, the min/max of raw outputs and
+probabilities, the numerics that tell the heads apart, and the raw outputs themselves."""
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +13,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from logitlab import tracking
-from logitlab.config import check_head, data_file, positive_int
+from logitlab.config import data_file, positive_int
 from logitlab.data import atomic_path, load_processed
+from logitlab.heads import head_spec
+from logitlab.numerics import predicted_class, probabilities
 
 log = logging.getLogger(__name__)
 
-
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax: shifting by the max keeps exp() from overflowing."""
-    z = np.asarray(z)
-    e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def probabilities(outputs: np.ndarray, head: str) -> np.ndarray:
-    """The softmax head already outputs probabilities; the logit head's outputs go through softmax."""
-    return outputs if check_head(head) == "softmax" else softmax(outputs)
+OUTPUTS_ARTIFACT = "outputs.npz"
 
 
 def output_stats(outputs: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -38,15 +32,16 @@ def output_stats(outputs: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     }
 
 
-def examples(outputs: np.ndarray, probs: np.ndarray, labels: np.ndarray, n: int) -> list[dict[str, Any]]:
-    """The first `n` test examples: raw output vector, probabilities, argmax category, true label."""
+def examples(outputs: np.ndarray, probs: np.ndarray, labels: np.ndarray, task: str, n: int) -> list[dict[str, Any]]:
+    """The first `n` test examples: raw output vector, probabilities, predicted category, true label."""
+    predicted = predicted_class(probs, task)
     return [
         {
             "index": i,
             "label": int(labels[i]),
             "outputs": [float(v) for v in outputs[i]],
             "probabilities": [float(v) for v in probs[i]],
-            "argmax": int(np.argmax(outputs[i])),
+            "argmax": int(predicted[i]),
         }
         for i in range(min(n, len(outputs)))
     ]
@@ -62,30 +57,45 @@ def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, pre
     import keras
     import mlflow
 
-    from logitlab.training import MODEL_FILE, predict_outputs
+    from logitlab.models import head_inputs, head_weights
+    from logitlab.numerics import numerics
+    from logitlab.training import MODEL_FILE, task_labels
 
     info = tracking.read_run_file(run_dir, "train")
-    dataset, head = info["dataset"], check_head(info["head"])
-    stage_hint = f"train@{dataset}-{head}"
+    dataset, head = info["dataset"], info["head"]
+    task, trainer = info.get("task", "multiclass"), info.get("trainer", "fit")
+    head_spec(task, head)
+    stage_hint = f"the train stage of {info.get('run_name', dataset + '-' + head)}"
     data = load_processed(data_file(cfg, root, "processed", dataset), dataset)
-    x, y = data["x_test"], data["y_test"]
+    x = data["x_test"]
+    y = task_labels(data["y_test"], task, cfg.datasets[dataset].binary.positive_class)
     batch = positive_int(cfg.evaluate.batch_size, "evaluate.batch_size")
 
     model = keras.models.load_model(run_dir / MODEL_FILE)
     scores = model.evaluate(x, y, batch_size=batch, verbose=0, return_dict=True)
-    outputs = predict_outputs(model, x, batch)
-    probs = probabilities(outputs, head)
+    outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0))
+    probs = probabilities(outputs, task, head)
+    labels = y.reshape(-1).astype(np.int64)
     metrics = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"]),
                **output_stats(outputs, probs)}
-    predictions = {"dataset": dataset, "head": head,
-                   "examples": examples(outputs, probs, y, positive_int(cfg.evaluate.n_examples, "evaluate.n_examples"))}
+    extra, tags = numerics(model, x, labels, task, head, batch, head_inputs(model, x, batch), *head_weights(model))
+    metrics.update(extra)
+    n_examples = positive_int(cfg.evaluate.n_examples, "evaluate.n_examples")
+    predictions = {"dataset": dataset, "task": task, "head": head, "trainer": trainer,
+                   "examples": examples(outputs, probs, labels, task, n_examples)}
 
     tracking.setup(cfg.tracking, root)
     uri = tracking.tracking_uri(cfg.tracking, root)
     with tracking.resume_run(info["run_id"], uri, stage_hint):
         mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
         mlflow.log_dict(predictions, "predictions.json")
+        with tempfile.TemporaryDirectory() as tmp:  # raw test outputs, for the report's histograms
+            np.savez(Path(tmp) / OUTPUTS_ARTIFACT, outputs=outputs, probabilities=probs, labels=labels)
+            mlflow.log_artifact(str(Path(tmp) / OUTPUTS_ARTIFACT))
     _write_json(metrics_file, metrics)
     _write_json(predictions_file, predictions)
-    log.info("%s-%s test: %s", dataset, head, ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
+    log.info("%s test: %s", info.get("run_name", dataset), ", ".join(
+        f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max")))
     return metrics
+

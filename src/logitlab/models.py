@@ -1,43 +1,84 @@
-"""The two classifier heads of the lesson, on one MLP body."""
+"""The classifier heads of the lesson (see `logitlab.heads`) on one MLP body.
+
+Keras 3 attaches the pre-activation logits to a softmax or sigmoid output (`_keras_logits`), and
+its cross-entropy uses them instead of the probabilities, so `softmax` trains exactly as `logit`
+(and the mismatched multi-class `sigmoid` head trains on softmax of its logits). The strict heads
+end in `DetachLogits`, which copies the probabilities into a new tensor that carries no logits.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
-from logitlab.config import check_head
+from logitlab.heads import head_spec
+
+HEAD_LAYER = "head"
+
+
+@keras.saving.register_keras_serializable(package="logitlab")
+class DetachLogits(keras.layers.Layer):
+    """Passes probabilities through as a new tensor, without the logits Keras attached to them."""
+
+    def call(self, inputs):
+        return keras.ops.copy(inputs)
+
+
+def n_outputs(task: str, n_classes: int) -> int:
+    return 1 if task == "binary" else n_classes
 
 
 def build_model(
-    n_features: int, n_classes: int, layers: Sequence[int], head: str, activation: str = "relu"
+    n_features: int, n_classes: int, layers: Sequence[int], head: str,
+    activation: str = "relu", task: str = "multiclass",
 ) -> keras.Model:
-    """Dense hidden layers, then a Dense head with `n_classes` units.
-
-    - `softmax`: the head outputs probabilities (`activation="softmax"`);
-    - `logit`: the head is linear and outputs logits; probabilities come from softmax at prediction time.
-    """
-    check_head(head)
-    return keras.Sequential(
-        [
-            keras.Input(shape=(n_features,)),
-            *(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}") for i, units in enumerate(layers)),
-            keras.layers.Dense(n_classes, activation="softmax" if head == "softmax" else None, name="head"),
-        ],
-        name=f"mlp_{head}",
-    )
+    """Dense hidden layers, then the Dense head (named "head"), then DetachLogits for strict heads."""
+    spec = head_spec(task, head)
+    stack = [
+        keras.Input(shape=(n_features,)),
+        *(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}") for i, units in enumerate(layers)),
+        keras.layers.Dense(n_outputs(task, n_classes), activation=spec.activation, name=HEAD_LAYER),
+    ]
+    if spec.detached:
+        stack.append(DetachLogits(name="detach_logits"))
+    return keras.Sequential(stack, name=f"mlp_{task}_{head}")
 
 
-def loss_for(head: str) -> keras.losses.Loss:
-    """SparseCategoricalCrossentropy, told whether the model's outputs are logits."""
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=check_head(head) == "logit")
+def loss_for(head: str, task: str = "multiclass") -> keras.losses.Loss:
+    """The task's cross-entropy, told whether the model's outputs are logits."""
+    from_logits = head_spec(task, head).from_logits
+    if task == "binary":
+        return keras.losses.BinaryCrossentropy(from_logits=from_logits)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
 
 
-def compile_model(model: keras.Model, head: str, lr: float, steps_per_execution: int = 1) -> keras.Model:
+def accuracy_for(head: str, task: str = "multiclass") -> keras.metrics.Metric:
+    """Accuracy under the name `accuracy`: argmax for multi-class; for binary, a threshold at p = 0.5."""
+    if task == "binary":
+        return keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if head_spec(task, head).from_logits else 0.5)
+    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+
+def compile_model(
+    model: keras.Model, head: str, lr: float, steps_per_execution: int = 1, task: str = "multiclass"
+) -> keras.Model:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss=loss_for(head),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=loss_for(head, task),
+        metrics=[accuracy_for(head, task)],
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def head_inputs(model: keras.Model, x: np.ndarray, batch: int) -> np.ndarray:
+    """What the head layer receives: the last hidden layer's activations."""
+    hidden = keras.Model(model.inputs, model.get_layer(HEAD_LAYER).input)
+    return np.asarray(hidden.predict(x, batch_size=batch, verbose=0))
+
+
+def head_weights(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
+    head = model.get_layer(HEAD_LAYER)
+    return np.asarray(head.kernel), np.asarray(head.bias)

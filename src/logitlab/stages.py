@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from logitlab.config import data_file, dataset_config, under_root
+from logitlab.config import data_file, dataset_config, under_root, variant
 from logitlab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,18 @@ def train(cfg: DictConfig, root: Path) -> None:
     from logitlab.training import train as run
 
     multirun, num, overrides, job_dir = _job()
-    variant = f"{cfg.dataset}-{cfg.model.head}"
+    name = variant(cfg)
     tags = {
         "dataset": cfg.dataset,
+        "task": cfg.task,
         "head": cfg.model.head,
-        "logitlab.variant": variant,
+        "trainer": cfg.trainer.name,
+        "logitlab.variant": name,
         "hydra.job.num": str(num),
         "hydra.overrides": " ".join(overrides),
     }
     run_dir = _run_dir(cfg, root, job_dir)
-    run(cfg, root, run_dir, run_name=f"{variant}-{num}" if multirun else variant, tags=tags)
+    run(cfg, root, run_dir, run_name=f"{name}-{num}" if multirun else name, tags=tags)
     if cfg.evaluate.after_train:
         evaluate(cfg, root)
 

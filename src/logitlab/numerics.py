@@ -1,0 +1,177 @@
+"""When is the logit head "more numerically accurate"? The test loss computed three ways in float32
+(from probabilities with Keras's clipping, from logits, and the way training computed it), each
+against a float64 reference from the same logits; saturation of the probabilities; and the
+gradient the last layer gets where the probability path clips.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import log_expit, logsumexp
+
+from logitlab.heads import head_spec
+
+EPSILON = 1e-7                      # keras.config.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON]
+CLIP_CEILING = float(-np.log(np.float32(EPSILON)))  # 16.118..., the largest loss the probability path can give
+
+
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax: shifting by the max keeps exp() from overflowing."""
+    z = np.asarray(z)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def naive_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The reference notebooks' exp(z) / sum(exp(z)): overflows to inf/inf = nan for large logits."""
+    e = np.exp(np.asarray(z))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function, in z's dtype."""
+    z = np.asarray(z)
+    return np.exp(log_expit(z)).astype(z.dtype, copy=False)
+
+
+def probabilities(outputs: np.ndarray, task: str, head: str) -> np.ndarray:
+    """What the model says the probabilities are: its outputs, or softmax/sigmoid of a logit head's."""
+    if not head_spec(task, head).from_logits:
+        return outputs
+    return sigmoid(outputs) if task == "binary" else softmax(outputs)
+
+
+def class_probabilities(probs: np.ndarray, task: str) -> np.ndarray:
+    """One column per class: a binary head's p becomes [1 - p, p]."""
+    return np.concatenate([1 - probs, probs], axis=1) if task == "binary" else probs
+
+
+def predicted_class(probs: np.ndarray, task: str) -> np.ndarray:
+    return (probs[:, 0] >= 0.5).astype(np.int64) if task == "binary" else probs.argmax(axis=1)
+
+
+def reference_loss(z: np.ndarray, y: np.ndarray, task: str, head: str) -> np.ndarray:
+    """Per-example cross-entropy of the model's own probabilities, in float64 from float32 logits `z`."""
+    z64 = np.asarray(z, dtype=np.float64)
+    if task == "binary":
+        t = y.reshape(-1).astype(np.float64)
+        z1 = z64.reshape(-1)
+        return -(t * log_expit(z1) + (1 - t) * log_expit(-z1))
+    rows = np.arange(len(y))
+    if head == "sigmoid":  # independent sigmoids, renormalized by the multi-class loss
+        log_p = log_expit(z64)
+        return logsumexp(log_p, axis=1) - log_p[rows, y]
+    return logsumexp(z64, axis=1) - z64[rows, y]
+
+
+def _keras_loss(y: np.ndarray, values: np.ndarray, task: str, from_logits: bool) -> np.ndarray:
+    """Keras's per-example cross-entropy on plain arrays, which carry no attached logits."""
+    import keras
+
+    if task == "binary":
+        out = keras.losses.binary_crossentropy(y.reshape(-1, 1).astype(np.float32), values, from_logits=from_logits)
+    else:
+        out = keras.losses.sparse_categorical_crossentropy(y, values, from_logits=from_logits)
+    return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+def clipped_true_class(probs: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
+    """Where Keras's clip is active on the true class's probability: the probability path's loss sits at
+    its ceiling there (-log 1e-7 = 16.118; for a binary label 0, -log(1 - float32(1 - 1e-7)) = 15.94)
+    and its gradient is zero."""
+    low, high = np.float32(EPSILON), np.float32(1 - EPSILON)
+    if task == "binary":
+        p = probs[:, 0]
+        return np.where(labels == 1, p <= low, p >= high)
+    return probs[np.arange(len(labels)), labels] <= low
+
+
+def training_path(model: Any, x: np.ndarray, task: str, head: str) -> str:
+    """Which path the training loss takes, by the mechanism Keras itself checks: a loss told
+    `from_logits`, or an output tensor carrying the logits Keras attached to it (`_keras_logits`)."""
+    if head_spec(task, head).from_logits or hasattr(model(x, training=False), "_keras_logits"):
+        return "logits"
+    return "probabilities"
+
+
+def training_path_loss(model: Any, x: np.ndarray, y: np.ndarray, task: str, batch: int) -> np.ndarray:
+    """Per-example loss exactly as training computed it: the compiled loss on the model's own output tensor."""
+    loss = model.loss.__class__.from_config({**model.loss.get_config(), "reduction": None})
+    target = y.reshape(-1, 1).astype(np.float32) if task == "binary" else y
+    parts = [np.asarray(loss(target[i:i + batch], model(x[i:i + batch], training=False))).reshape(-1)
+             for i in range(0, len(x), batch)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def last_layer_gradient_norms(
+    h: np.ndarray, kernel: np.ndarray, bias: np.ndarray, y: np.ndarray, task: str, head: str
+) -> dict[str, float]:
+    """Norm of d(mean loss)/d(kernel, bias) of the head, from probabilities and from logits."""
+    import keras
+    import tensorflow as tf
+
+    activation = head_spec(task, head).activation or ("sigmoid" if task == "binary" else "softmax")
+    # tf.nn, not keras.activations: no logits get attached, so the probability path stays one.
+    squash = tf.nn.sigmoid if activation == "sigmoid" else tf.nn.softmax
+    w, b = tf.constant(kernel), tf.constant(bias)
+    norms = {}
+    for name, from_logits in (("probs", False), ("logits", True)):
+        with tf.GradientTape() as tape:
+            tape.watch([w, b])
+            z = tf.matmul(tf.constant(h), w) + b
+            values = z if from_logits else squash(z)
+            if task == "binary":
+                per_example = keras.losses.binary_crossentropy(
+                    tf.constant(y.reshape(-1, 1), tf.float32), values, from_logits=from_logits)
+            else:
+                per_example = keras.losses.sparse_categorical_crossentropy(tf.constant(y), values, from_logits=from_logits)
+            loss = tf.reduce_mean(per_example)
+        dw, db = tape.gradient(loss, [w, b])
+        norms[name] = float(tf.sqrt(tf.reduce_sum(dw * dw) + tf.reduce_sum(db * db)))
+    return norms
+
+
+def numerics(
+    model: Any, x: np.ndarray, y: np.ndarray, task: str, head: str, batch: int,
+    h: np.ndarray, kernel: np.ndarray, bias: np.ndarray,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Metrics and tags that tell the heads apart numerically, on a test set (x, y)."""
+    z = (h @ kernel + bias).astype(np.float32)          # the head's logits, whatever its activation
+    outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0))
+    probs = probabilities(outputs, task, head)
+    reference = reference_loss(z, y, task, head)
+    metrics: dict[str, float] = {"test_loss_f64": float(reference.mean())}
+    tags: dict[str, str] = {}
+
+    paths = {
+        "probs": _keras_loss(y, probs, task, from_logits=False),
+        "logits": _keras_loss(y, z, task, from_logits=True),
+        "train": training_path_loss(model, x, y, task, batch),
+    }
+    if task == "multiclass" and head == "sigmoid":
+        # Softmax of these logits is not this head's model of the data: no "from logits" loss of it exists.
+        tags["numerics.logits_path"] = "n/a: sigmoid outputs are not softmax probabilities"
+        paths.pop("logits")
+    for name, values in paths.items():
+        error = np.abs(values.astype(np.float64) - reference)
+        metrics[f"loss_err_{name}_mean"] = float(error.mean())
+        metrics[f"loss_err_{name}_max"] = float(error.max())
+    tags["numerics.train_loss_path"] = training_path(model, x[:1], task, head)
+
+    p = class_probabilities(probs, task)
+    n = p.size
+    for name, mask in (("exact0", p == 0), ("exact1", p == 1), ("clip_band", (p < EPSILON) | (p > 1 - EPSILON))):
+        metrics[f"prob_{name}_count"] = float(mask.sum())
+        metrics[f"prob_{name}_fraction"] = float(mask.sum() / n)
+    metrics["probs_sum_max_error"] = float(np.abs(p.astype(np.float64).sum(axis=1) - 1).max())
+
+    at_ceiling = clipped_true_class(probs, y.reshape(-1).astype(np.int64), task)
+    metrics["clip_ceiling_count"] = float(at_ceiling.sum())
+    metrics["clip_ceiling_fraction"] = float(at_ceiling.mean())
+    if at_ceiling.any():
+        norms = last_layer_gradient_norms(h[at_ceiling], kernel, bias, y[at_ceiling], task, head)
+        metrics["clip_grad_norm_probs"] = norms["probs"]
+        metrics["clip_grad_norm_logits"] = norms["logits"]
+    return metrics, tags

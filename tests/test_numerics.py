@@ -1,0 +1,121 @@
+"""The numerics that tell the heads apart, and a pin on Keras 3's logit rescue."""
+
+import keras
+import numpy as np
+import pytest
+
+from logitlab.models import build_model, compile_model, head_inputs, head_weights
+from logitlab.numerics import (
+    CLIP_CEILING,
+    EPSILON,
+    _keras_loss,
+    clipped_true_class,
+    naive_softmax,
+    numerics,
+    reference_loss,
+    softmax,
+)
+
+
+def test_naive_softmax_overflows_where_the_stable_one_is_exact():
+    z = np.array([[1000.0, 0.0, -1000.0]], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        naive = naive_softmax(z)
+    assert np.isnan(naive).any()
+    np.testing.assert_array_equal(softmax(z), [[1.0, 0.0, 0.0]])
+    small = np.array([[1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(naive_softmax(small), softmax(small), rtol=1e-15)
+
+
+def test_the_probability_path_clips_at_16_118_where_logits_give_60():
+    z = np.array([[30.0, 0.0, -30.0, 5.0]], dtype=np.float32)
+    y = np.array([2])
+    from_probs = _keras_loss(y, softmax(z), "multiclass", from_logits=False)
+    from_logits = _keras_loss(y, z, "multiclass", from_logits=True)
+    assert CLIP_CEILING == pytest.approx(-np.log(1e-7), rel=1e-6)
+    assert from_probs[0] == pytest.approx(16.118095, rel=1e-6)
+    assert from_logits[0] == pytest.approx(60.0, rel=1e-6)
+    assert reference_loss(z, y, "multiclass", "logit")[0] == pytest.approx(60.0, rel=1e-12)
+
+
+def test_binary_reference_is_the_stable_log_sigmoid():
+    z = np.array([[40.0], [-3.0]], dtype=np.float32)
+    y = np.array([0, 1])
+    np.testing.assert_allclose(reference_loss(z, y, "binary", "logit"), [40.0, 3.0 + np.log1p(np.exp(-3.0))], rtol=1e-12)
+    p = np.array([[1.0], [1e-9]], dtype=np.float32)
+    # Keras clips to [1e-7, float32(1 - 1e-7)]: the two ceilings differ, as float32 has no 1 - 1e-7
+    np.testing.assert_allclose(_keras_loss(y, p, "binary", from_logits=False), [15.942385, 16.118095], rtol=1e-6)
+    np.testing.assert_array_equal(clipped_true_class(p, y, "binary"), [True, True])
+    np.testing.assert_array_equal(clipped_true_class(np.array([[0.5], [0.5]], np.float32), y, "binary"), [False, False])
+
+
+def _blobs(n=400):
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(n_samples=n, centers=[[-5, 2], [-2, -2], [1, 2], [5, -2]], cluster_std=1.0, random_state=30)
+    return x.astype(np.float32), y
+
+
+def _loss_curve(head, task="multiclass", lr=0.2, epochs=5):
+    x, y = _blobs()
+    target = (y == 0).astype(np.float32).reshape(-1, 1) if task == "binary" else y
+    keras.utils.set_random_seed(0)
+    model = compile_model(build_model(2, 4, [25, 15], head, task=task), head, lr, task=task)
+    return model.fit(x, target, epochs=epochs, batch_size=32, shuffle=False, verbose=0).history["loss"]
+
+
+def test_keras3_hands_the_softmax_heads_logits_to_the_loss():
+    """Pins Keras 3's behaviour: if a future Keras changes it, this test says so."""
+    logit = _loss_curve("logit")
+    assert _loss_curve("softmax") == logit, "softmax head no longer trains exactly as the logit head"
+    assert _loss_curve("sigmoid") == logit, "the mismatched sigmoid head no longer trains on softmax of its logits"
+    strict = _loss_curve("softmax_strict")
+    assert max(abs(a - b) for a, b in zip(strict, logit)) > 0.01, "softmax_strict should see clipped probabilities"
+    binary_logit = _loss_curve("logit", task="binary")
+    assert _loss_curve("sigmoid", task="binary") == binary_logit
+    assert _loss_curve("sigmoid_strict", task="binary") != binary_logit
+
+
+def _saturated(head, task="multiclass"):
+    """A model whose head makes huge logits: the wrong class wins by a mile on every example."""
+    keras.utils.set_random_seed(0)
+    model = compile_model(build_model(2, 3, [4], head, task=task), head, 0.001, task=task)
+    x = np.abs(np.random.default_rng(0).normal(size=(16, 2))).astype(np.float32) + 1
+    kernel, bias = head_weights(model)
+    model.get_layer("hidden_0").set_weights([np.eye(2, 4, dtype=np.float32), np.zeros(4, np.float32)])
+    big = np.zeros_like(kernel)
+    big[:, 0] = 40.0
+    model.get_layer("head").set_weights([big, np.zeros_like(bias)])
+    y = np.full(16, 0 if task == "binary" else 2)
+    return model, x, y
+
+
+@pytest.mark.parametrize("head, path", [("softmax", "logits"), ("logit", "logits"), ("softmax_strict", "probabilities")])
+def test_numerics_name_the_path_and_show_the_vanishing_gradient(head, path):
+    model, x, y = _saturated(head)
+    metrics, tags = numerics(model, x, y, "multiclass", head, 8, head_inputs(model, x, 8), *head_weights(model))
+    assert tags["numerics.train_loss_path"] == path
+    assert metrics["clip_ceiling_fraction"] == 1.0
+    assert metrics["clip_grad_norm_probs"] == 0.0 < metrics["clip_grad_norm_logits"]
+    assert metrics["loss_err_probs_max"] > 40  # clipped at 16.1 where the true loss is over 60
+    assert metrics["loss_err_logits_max"] < 1e-4
+    assert metrics["prob_exact0_count"] > 0 and metrics["prob_clip_band_fraction"] > 0.5
+    assert metrics["probs_sum_max_error"] < 1e-6
+    expected_train = metrics["loss_err_probs_max"] if path == "probabilities" else metrics["loss_err_logits_max"]
+    assert metrics["loss_err_train_max"] == pytest.approx(expected_train, abs=1e-4)  # float32 ulps of a loss near 60
+
+
+def test_sigmoid_head_outputs_do_not_sum_to_one_and_have_no_logits_path():
+    model, x, y = _saturated("sigmoid")
+    metrics, tags = numerics(model, x, y, "multiclass", "sigmoid", 8, head_inputs(model, x, 8), *head_weights(model))
+    assert metrics["probs_sum_max_error"] > 0.4
+    assert "loss_err_logits_mean" not in metrics and tags["numerics.logits_path"].startswith("n/a")
+    assert tags["numerics.train_loss_path"] == "logits"  # Keras trained it on softmax of its logits
+
+
+def test_binary_strict_head_takes_the_probability_path():
+    model, x, y = _saturated("sigmoid_strict", task="binary")
+    metrics, tags = numerics(model, x, y, "binary", "sigmoid_strict", 8, head_inputs(model, x, 8), *head_weights(model))
+    assert tags["numerics.train_loss_path"] == "probabilities"
+    assert metrics["clip_ceiling_fraction"] == 1.0 and metrics["clip_grad_norm_probs"] == 0.0
+    assert metrics["prob_exact1_count"] > 0 and EPSILON == 1e-7
