@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     stages.fetch(cfg, ROOT)
     stages.preprocess(cfg, ROOT)
     run_dir = tmp / "run"
-    run_id = train(cfg, ROOT, run_dir, "blobs-logit", {"dataset": "blobs", "head": "logit"})
+    run_id = train(cfg, ROOT, run_dir, "blobs-logit", {"extra": "tag"})
     files = SimpleNamespace(metrics=tmp / "metrics.json", predictions=tmp / "predictions.json")
     metrics = evaluate(cfg, ROOT, run_dir, files.metrics, files.predictions)
 
@@ -59,6 +59,8 @@ def test_config_is_logged_as_params_with_dataset_and_head_tags(trained):
     assert run.data.params["trainer.epochs"] == "3"
     assert run.data.params["model.layers"] == "[25, 15]"
     assert run.data.tags["dataset"] == "blobs" and run.data.tags["head"] == "logit"
+    assert run.data.tags["task"] == "multiclass" and run.data.tags["trainer"] == "fit"
+    assert run.data.tags["logitlab.variant"] == "blobs-logit" and run.data.tags["extra"] == "tag"
     assert run.info.run_name == "blobs-logit" and run.info.status == "FINISHED"
 
 

@@ -66,15 +66,7 @@ def train(cfg: DictConfig, root: Path) -> None:
 
     multirun, num, overrides, job_dir = _job()
     name = variant(cfg)
-    tags = {
-        "dataset": cfg.dataset,
-        "task": cfg.task,
-        "head": cfg.model.head,
-        "trainer": cfg.trainer.name,
-        "logitlab.variant": name,
-        "hydra.job.num": str(num),
-        "hydra.overrides": " ".join(overrides),
-    }
+    tags = {"hydra.job.num": str(num), "hydra.overrides": " ".join(overrides)}
     run_dir = _run_dir(cfg, root, job_dir)
     run(cfg, root, run_dir, run_name=f"{name}-{num}" if multirun else name, tags=tags)
     if cfg.evaluate.after_train:
@@ -89,6 +81,14 @@ def evaluate(cfg: DictConfig, root: Path) -> None:
     metrics = under_root(root, cfg.metrics_file) if cfg.metrics_file else run_dir / "metrics.json"
     predictions = under_root(root, cfg.predictions_file) if cfg.predictions_file else run_dir / "predictions.json"
     run(cfg, root, run_dir, metrics, predictions)
+
+
+def report(cfg: DictConfig, root: Path) -> None:
+    """The comparison table and plots of the runs, logged as a report run."""
+    from logitlab.report import report as run
+
+    out_dir = under_root(root, cfg.report.out_dir) if cfg.report.out_dir is not None else _job()[3]
+    run(cfg, root, out_dir)
 
 
 def entry(stage: Callable[[DictConfig, Path], None], root: Path) -> Callable[[DictConfig], None]:

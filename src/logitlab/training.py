@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from logitlab import tracking
-from logitlab.config import batch_size, data_file, dataset_config, run_params, validate_training
+from logitlab.config import batch_size, data_file, dataset_config, run_params, validate_training, variant
 from logitlab.data import atomic_path, load_processed
 from logitlab.errors import UserError
 from logitlab.models import accuracy_for, build_model, compile_model
@@ -129,8 +129,10 @@ def save_model(model: keras.Model, run_dir: Path) -> Path:
     return target
 
 
-def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mapping[str, str]) -> str:
-    """Train `cfg.model.head` on `cfg.dataset` for `cfg.task`; write model.keras and run.json to `run_dir`."""
+def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mapping[str, str] | None = None) -> str:
+    """Train `cfg.model.head` on `cfg.dataset` for `cfg.task`; write model.keras and run.json to `run_dir`.
+
+    The run is tagged with what identifies its variant (dataset, task, head, trainer), plus `tags`."""
     validate_training(cfg)
     ds = dataset_config(cfg)
     data = load_processed(data_file(cfg, root, "processed"), cfg.dataset)
@@ -146,7 +148,9 @@ def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mappi
     compile_model(model, head, cfg.optimizer.lr, cfg.trainer.steps_per_execution, cfg.task)
 
     experiment_id = tracking.setup(cfg.tracking, root)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run:
+    identity = {"dataset": cfg.dataset, "task": cfg.task, "head": head, "trainer": cfg.trainer.name,
+                "logitlab.variant": variant(cfg)}
+    with mlflow.start_run(run_name=run_name, tags={**identity, **(tags or {})}) as run:
         mlflow.log_params(run_params(cfg))
         log.info("training %s: %s head, %s %s, %s trainer, %d examples, run %s", run_name, head, cfg.dataset,
                  cfg.task, cfg.trainer.name, len(x), run.info.run_id)
