@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from logitlab.models import build_model, compile_model, head_inputs, head_weights
+from logitlab.models import build_model, compile_model, head_weights
 from logitlab.numerics import (
     CLIP_CEILING,
     EPSILON,
@@ -93,7 +93,7 @@ def _saturated(head, task="multiclass"):
 @pytest.mark.parametrize("head, path", [("softmax", "logits"), ("logit", "logits"), ("softmax_strict", "probabilities")])
 def test_numerics_name_the_path_and_show_the_vanishing_gradient(head, path):
     model, x, y = _saturated(head)
-    metrics, tags = numerics(model, x, y, "multiclass", head, 8, head_inputs(model, x, 8), *head_weights(model))
+    metrics, tags = numerics(model, x, y, "multiclass", head, 8)
     assert tags["numerics.train_loss_path"] == path
     assert metrics["clip_ceiling_fraction"] == 1.0
     assert metrics["clip_grad_norm_probs"] == 0.0 < metrics["clip_grad_norm_logits"]
@@ -107,7 +107,7 @@ def test_numerics_name_the_path_and_show_the_vanishing_gradient(head, path):
 
 def test_sigmoid_head_outputs_do_not_sum_to_one_and_have_no_logits_path():
     model, x, y = _saturated("sigmoid")
-    metrics, tags = numerics(model, x, y, "multiclass", "sigmoid", 8, head_inputs(model, x, 8), *head_weights(model))
+    metrics, tags = numerics(model, x, y, "multiclass", "sigmoid", 8)
     assert metrics["probs_sum_max_error"] > 0.4
     assert "loss_err_logits_mean" not in metrics and tags["numerics.logits_path"].startswith("n/a")
     assert tags["numerics.train_loss_path"] == "logits"  # Keras trained it on softmax of its logits
@@ -115,7 +115,7 @@ def test_sigmoid_head_outputs_do_not_sum_to_one_and_have_no_logits_path():
 
 def test_binary_strict_head_takes_the_probability_path():
     model, x, y = _saturated("sigmoid_strict", task="binary")
-    metrics, tags = numerics(model, x, y, "binary", "sigmoid_strict", 8, head_inputs(model, x, 8), *head_weights(model))
+    metrics, tags = numerics(model, x, y, "binary", "sigmoid_strict", 8)
     assert tags["numerics.train_loss_path"] == "probabilities"
     assert metrics["clip_ceiling_fraction"] == 1.0 and metrics["clip_grad_norm_probs"] == 0.0
     assert metrics["prob_exact1_count"] > 0 and EPSILON == 1e-7

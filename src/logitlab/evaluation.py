@@ -57,7 +57,6 @@ def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, pre
     import keras
     import mlflow
 
-    from logitlab.models import head_inputs, head_weights
     from logitlab.numerics import numerics
     from logitlab.training import MODEL_FILE, task_labels
 
@@ -78,7 +77,7 @@ def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, pre
     labels = y.reshape(-1).astype(np.int64)
     metrics = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"]),
                **output_stats(outputs, probs)}
-    extra, tags = numerics(model, x, labels, task, head, batch, head_inputs(model, x, batch), *head_weights(model))
+    extra, tags = numerics(model, x, labels, task, head, batch, outputs)
     metrics.update(extra)
     n_examples = positive_int(cfg.evaluate.n_examples, "evaluate.n_examples")
     predictions = {"dataset": dataset, "task": task, "head": head, "trainer": trainer,

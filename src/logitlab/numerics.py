@@ -134,12 +134,18 @@ def last_layer_gradient_norms(
 
 
 def numerics(
-    model: Any, x: np.ndarray, y: np.ndarray, task: str, head: str, batch: int,
-    h: np.ndarray, kernel: np.ndarray, bias: np.ndarray,
+    model: Any, x: np.ndarray, y: np.ndarray, task: str, head: str, batch: int, outputs: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Metrics and tags that tell the heads apart numerically, on a test set (x, y)."""
+    """Metrics and tags that tell the heads apart numerically, on a test set (x, y).
+
+    `outputs`, the model's predictions on x, when the caller has them already."""
+    from logitlab.models import head_inputs, head_weights
+
+    h = head_inputs(model, x, batch)
+    kernel, bias = head_weights(model)
     z = (h @ kernel + bias).astype(np.float32)          # the head's logits, whatever its activation
-    outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0))
+    if outputs is None:
+        outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0))
     probs = probabilities(outputs, task, head)
     reference = reference_loss(z, y, task, head)
     metrics: dict[str, float] = {"test_loss_f64": float(reference.mean())}

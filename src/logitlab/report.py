@@ -190,7 +190,7 @@ def plot_decision_regions(runs: pd.DataFrame, client, out: Path, tmp: Path, x: n
         plt, fig, axes = _figure(1, len(group), 3.5, 3.2)
         for ax, (_, run) in zip(axes[0], group.iterrows()):
             model = keras.models.load_model(client.download_artifacts(run["run_id"], MODEL_FILE, str(tmp / run["run_id"])))
-            probs = probabilities(np.asarray(model.predict(grid, batch_size=4096, verbose=0)), task, run["tags.head"])
+            probs = probabilities(np.asarray(model(grid, training=False)), task, run["tags.head"])
             regions = predicted_class(probs, task).reshape(gx.shape)
             ax.contourf(gx, gy, regions, alpha=0.3, levels=np.arange(regions.max() + 2) - 0.5, cmap="tab10")
             labels = (y == 0).astype(int) if task == "binary" else y
