@@ -14,8 +14,8 @@ from logitlab.errors import UserError
 from logitlab.heads import head_spec
 
 PARAMS_FILE = "params.yaml"
-# Each trainer and the whole-number settings of its own it must have.
-TRAINERS = {"fit": ("steps_per_execution",), "gradient_tape": ("shuffle_buffer", "log_every_n_steps")}
+# Each trainer (logitlab.training.TRAINERS) and the whole-number settings of its own it must have.
+TRAINER_SETTINGS = {"fit": ("steps_per_execution",), "gradient_tape": ("shuffle_buffer", "log_every_n_steps")}
 CONF_DIR = "conf"
 
 
@@ -51,14 +51,9 @@ def data_file(cfg: DictConfig, root: Path, kind: str, dataset: str | None = None
 
 def dataset_config(cfg: DictConfig) -> DictConfig:
     """The settings of the dataset a job uses (`cfg.dataset` picks one of `cfg.datasets`)."""
-    return _choice(cfg.datasets, cfg.dataset, "dataset")
-
-
-def _choice(options: DictConfig, name: Any, what: str) -> DictConfig:
-    if not isinstance(name, str) or name not in options:
-        valid = ", ".join(sorted(options))
-        raise UserError(f"unknown {what} {name!r}; valid: {valid}")
-    return options[name]
+    if not isinstance(cfg.dataset, str) or cfg.dataset not in cfg.datasets:
+        raise UserError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(sorted(cfg.datasets))}")
+    return cfg.datasets[cfg.dataset]
 
 
 def _is_number(value: Any) -> bool:
@@ -110,11 +105,11 @@ def validate_training(cfg: DictConfig) -> None:
     if cfg.task == "binary" and ds.binary.positive_class not in range(ds.num_classes):
         raise UserError(f"datasets.{cfg.dataset}.binary.positive_class must be in 0..{ds.num_classes - 1}, "
                         f"got {ds.binary.positive_class!r}")
-    if cfg.trainer.name not in TRAINERS:
-        raise UserError(f"unknown trainer {cfg.trainer.name!r}; valid: {', '.join(TRAINERS)}")
+    if cfg.trainer.name not in TRAINER_SETTINGS:
+        raise UserError(f"unknown trainer {cfg.trainer.name!r}; valid: {', '.join(TRAINER_SETTINGS)}")
     positive_int(cfg.trainer.epochs, "trainer.epochs")
     batch_size(cfg)
-    for key in TRAINERS[cfg.trainer.name]:
+    for key in TRAINER_SETTINGS[cfg.trainer.name]:
         positive_int(cfg.trainer[key], f"trainer.{key}")
     fraction(cfg.trainer.validation_split, "trainer.validation_split", low_inclusive=True)
     positive_float(cfg.optimizer.lr, "optimizer.lr")

@@ -7,7 +7,6 @@ to that root, never to the working directory. TensorFlow is imported only by tra
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from logitlab.config import data_file, dataset_config, under_root, variant
 from logitlab.errors import UserError
-
-log = logging.getLogger(__name__)
-
 
 def _job() -> tuple[bool, int, list[str], Path]:
     """(is multirun, job number, task overrides, job output dir) of the running Hydra job."""
@@ -99,7 +95,6 @@ def entry(stage: Callable[[DictConfig, Path], None], root: Path) -> Callable[[Di
         try:
             stage(cfg, root)
         except UserError as exc:
-            log.error("%s", exc)
             print(f"logitlab {stage.__name__}: error: {exc}", file=sys.stderr)
             sys.exit(2)
 
