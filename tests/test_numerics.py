@@ -119,3 +119,24 @@ def test_binary_strict_head_takes_the_probability_path():
     assert tags["numerics.train_loss_path"] == "probabilities"
     assert metrics["clip_ceiling_fraction"] == 1.0 and metrics["clip_grad_norm_probs"] == 0.0
     assert metrics["prob_exact1_count"] > 0 and EPSILON == 1e-7
+
+
+def test_the_strict_heads_training_loss_sits_at_the_clip_ceiling():
+    """On examples the model gets wrong by a mile, the strict head's own loss is stuck at
+    -log(1e-7), while the rescued softmax head's loss is the true one, from its logits."""
+    from logitlab.numerics import training_path_loss
+
+    strict_model, x, y = _saturated("softmax_strict")
+    strict = training_path_loss(strict_model, x, y, "multiclass", 8)
+    np.testing.assert_allclose(strict, CLIP_CEILING, rtol=1e-6)
+    softmax_model, _, _ = _saturated("softmax")
+    rescued = training_path_loss(softmax_model, x, y, "multiclass", 8)
+    assert (rescued > 40).all()
+    np.testing.assert_allclose(rescued, reference_loss(_logits(softmax_model, x), y, "multiclass", "softmax"), rtol=1e-5)
+
+
+def _logits(model, x):
+    from logitlab.models import head_inputs
+
+    kernel, bias = head_weights(model)
+    return head_inputs(model, x, 8) @ kernel + bias

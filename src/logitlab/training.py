@@ -90,7 +90,7 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Dic
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         accuracy.update_state(yb, out)
-        mean_loss.update_state(loss)
+        mean_loss.update_state(loss, sample_weight=tf.shape(xb)[0])  # weighted by batch size, as fit does
         return loss
 
     client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
