@@ -41,3 +41,18 @@ def test_markdown_shows_mean_plus_minus_std():
 def test_no_trained_runs_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no trained runs under .*; run the pipeline first: dvc repro"):
         pipeline_run_ids(tmp_path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("report.runs=latest", "unknown report.runs 'latest'; valid: pipeline, experiment"),
+    ("report.digits=0", "report.digits must be a positive whole number, got 0"),
+])
+def test_bad_report_settings_are_user_errors(tmp_path, override, message):
+    from helpers import ROOT
+    from logitlab.config import compose_params
+    from logitlab.report import report
+
+    cfg = compose_params(ROOT, [override, f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'"])
+    with pytest.raises(UserError, match=message):
+        report(cfg, ROOT, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from logitlab import tracking
-from logitlab.config import data_file, under_root
+from logitlab.config import data_file, positive_int, under_root
 from logitlab.data import atomic_path, load_processed
 from logitlab.errors import UserError
 
@@ -216,6 +216,7 @@ def report(cfg: DictConfig, root: Path, out_dir: Path) -> pd.DataFrame:
     choice = cfg.report.runs
     if choice not in ("pipeline", "experiment"):
         raise UserError(f"unknown report.runs {choice!r}; valid: pipeline, experiment")
+    digits = positive_int(cfg.report.digits, "report.digits")
     run_ids = pipeline_run_ids(under_root(root, cfg.paths.models)) if choice == "pipeline" else None
     runs = load_runs(cfg.tracking.experiment, run_ids)
     table = summarize(runs)
@@ -230,7 +231,7 @@ def report(cfg: DictConfig, root: Path, out_dir: Path) -> pd.DataFrame:
         written = plot_curves(runs, client, plots) + plot_histograms(runs, client, plots, tmp)
         if (runs["tags.dataset"] == "mnist").any():
             mnist = load_processed(data_file(cfg, root, "processed", "mnist"), "mnist")
-            written += plot_digits(runs, client, plots, tmp, mnist["x_test"], cfg.report.digits)
+            written += plot_digits(runs, client, plots, tmp, mnist["x_test"], min(digits, len(mnist["x_test"])))
         if (runs["tags.dataset"] == "blobs").any():
             blobs = load_processed(data_file(cfg, root, "processed", "blobs"), "blobs")
             written += plot_decision_regions(runs, client, plots, tmp, blobs["x_test"], blobs["y_test"])
