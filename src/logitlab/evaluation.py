@@ -16,7 +16,7 @@ from logitlab import tracking
 from logitlab.config import data_file, positive_int
 from logitlab.data import atomic_path, load_processed
 from logitlab.heads import head_spec
-from logitlab.numerics import predicted_class, probabilities
+from logitlab.numerics import numerics, predicted_class, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, pre
     import keras
     import mlflow
 
-    from logitlab.numerics import numerics
     from logitlab.training import MODEL_FILE, task_labels
 
     info = tracking.read_run_file(run_dir, "train")
@@ -84,8 +83,7 @@ def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, pre
                    "examples": examples(outputs, probs, labels, task, n_examples)}
 
     tracking.setup(cfg.tracking, root)
-    uri = tracking.tracking_uri(cfg.tracking, root)
-    with tracking.resume_run(info["run_id"], uri, stage_hint):
+    with tracking.resume_run(info["run_id"], stage_hint):
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
         mlflow.log_dict(predictions, "predictions.json")

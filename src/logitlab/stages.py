@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from logitlab.config import data_file, dataset_config, under_root, variant
 from logitlab.errors import UserError
 
+
 def _job() -> tuple[bool, int, list[str], Path]:
     """(is multirun, job number, task overrides, job output dir) of the running Hydra job."""
     from hydra.core.hydra_config import HydraConfig

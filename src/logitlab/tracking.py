@@ -78,8 +78,9 @@ def read_run_file(run_dir: Path, stage_hint: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def resume_run(run_id: str, uri: str, stage_hint: str) -> Iterator[Any]:
-    """Reopen the training run, so evaluation lands in it; a run missing from the store is a user error."""
+def resume_run(run_id: str, stage_hint: str) -> Iterator[Any]:
+    """Reopen the training run in the store `setup` chose, so evaluation lands in it; a run missing
+    from the store is a user error."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -89,7 +90,8 @@ def resume_run(run_id: str, uri: str, stage_hint: str) -> Iterator[Any]:
         mlflow.get_run(run_id)
     except MlflowException as exc:
         raise UserError(
-            f"run {run_id} is not in the tracking store {redact(uri)}; retrain it: dvc repro -f {stage_hint}"
+            f"run {run_id} is not in the tracking store {redact(mlflow.get_tracking_uri())}; "
+            f"retrain it: dvc repro -f {stage_hint}"
         ) from exc
     with mlflow.start_run(run_id=run_id) as run:
         yield run
