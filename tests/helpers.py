@@ -91,3 +91,40 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) 
 
 
 PYTHON = sys.executable
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The project's venv first on PATH (DVC stages call `python`), no inherited tracking URI."""
+    import os
+
+    env = dict(os.environ, PATH=f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}", **extra)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def app(stage: str, *args: str) -> list[str]:
+    """The command line of a pipeline app (pipelines/<stage>.py) with Hydra overrides."""
+    return [PYTHON, str(ROOT / "pipelines" / f"{stage}.py"), *args]
+
+
+def tiny_blobs(tmp: Path) -> list[str]:
+    """Fetch and preprocess 200 blobs under `tmp`, in this process; returns the overrides that use them."""
+    from logitlab import stages
+    from logitlab.config import compose_params
+
+    overrides = ["dataset=blobs", "datasets.blobs.fetch.n_samples=200", f"paths.raw={tmp / 'raw'}",
+                 f"paths.processed={tmp / 'processed'}"]
+    cfg = compose_params(ROOT, overrides)
+    stages.fetch(cfg, ROOT)
+    stages.preprocess(cfg, ROOT)
+    return overrides
+
+
+def runs_of(uri: str, experiment: str = "logitlab") -> list:
+    """Every run of the experiment in the store at `uri`."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no {experiment} experiment in {uri}"
+    return client.search_runs([found.experiment_id], max_results=1000)

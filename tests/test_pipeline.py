@@ -1,14 +1,13 @@
 """The real entry points: a user mistake on the command line, a Hydra multirun, and `dvc repro`."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import PYTHON, ROOT, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes
+from helpers import PYTHON, ROOT, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, subprocess_env
 from logitlab import data
 
 BIN = Path(PYTHON).parent
@@ -23,13 +22,6 @@ RUN_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy",
                "test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max"}
 NUMERICS = {"test_loss_f64", "loss_err_probs_max", "loss_err_logits_max", "loss_err_train_max",
             "prob_clip_band_fraction", "clip_ceiling_fraction", "probs_sum_max_error"}
-
-
-def subprocess_env():
-    """The project's venv first on PATH (DVC stages call `python`), no inherited tracking URI."""
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def finished_runs(uri):

@@ -34,14 +34,15 @@ def trained(tmp_path_factory):
     stages.fetch(cfg, ROOT)
     stages.preprocess(cfg, ROOT)
     run_dir = tmp / "run"
-    run_id = train(cfg, ROOT, run_dir, "blobs-logit", {"extra": "tag"})
+    run_id, last = train(cfg, ROOT, run_dir, "blobs-logit", {"extra": "tag"})
     files = SimpleNamespace(metrics=tmp / "metrics.json", predictions=tmp / "predictions.json")
     metrics = evaluate(cfg, ROOT, run_dir, files.metrics, files.predictions)
 
     import mlflow
 
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg.tracking, ROOT))
-    return SimpleNamespace(cfg=cfg, tmp=tmp, run_dir=run_dir, run_id=run_id, metrics=metrics, files=files, client=client)
+    return SimpleNamespace(cfg=cfg, tmp=tmp, run_dir=run_dir, run_id=run_id, last=last, metrics=metrics, files=files,
+                           client=client)
 
 
 def test_every_epoch_metric_is_logged_per_epoch(trained):
@@ -50,6 +51,7 @@ def test_every_epoch_metric_is_logged_per_epoch(trained):
         assert [m.step for m in history] == [0, 1, 2], name
     losses = [m.value for m in trained.client.get_metric_history(trained.run_id, "loss")]
     assert losses[-1] < losses[0]
+    assert trained.last["loss"] == pytest.approx(losses[-1]), "train returns the last epoch's metrics"
 
 
 def test_config_is_logged_as_params_with_dataset_and_head_tags(trained):

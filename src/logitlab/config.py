@@ -66,6 +66,12 @@ def positive_int(value: Any, key: str) -> int:
     return value
 
 
+def non_negative_int(value: Any, key: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise UserError(f"{key} must be a whole number >= 0, got {value!r}")
+    return value
+
+
 def positive_float(value: Any, key: str) -> float:
     if not (_is_number(value) and value > 0):
         raise UserError(f"{key} must be a positive number, got {value!r}")
@@ -107,11 +113,14 @@ def validate_training(cfg: DictConfig) -> None:
                         f"got {ds.binary.positive_class!r}")
     if cfg.trainer.name not in TRAINER_SETTINGS:
         raise UserError(f"unknown trainer {cfg.trainer.name!r}; valid: {', '.join(TRAINER_SETTINGS)}")
+    non_negative_int(cfg.seed, "seed")
     positive_int(cfg.trainer.epochs, "trainer.epochs")
     batch_size(cfg)
     for key in TRAINER_SETTINGS[cfg.trainer.name]:
         positive_int(cfg.trainer[key], f"trainer.{key}")
     fraction(cfg.trainer.validation_split, "trainer.validation_split", low_inclusive=True)
+    if cfg.trainer.max_loss is not None:
+        positive_float(cfg.trainer.max_loss, "trainer.max_loss")
     positive_float(cfg.optimizer.lr, "optimizer.lr")
     if cfg.optimizer.name != "adam":
         raise UserError(f"unknown optimizer.name {cfg.optimizer.name!r}; valid: adam")
@@ -136,10 +145,13 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
 
 
 def run_params(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config of one job, as MLflow params: the chosen dataset's settings under `dataset.`."""
+    """The resolved config of one job, as MLflow params: the chosen dataset's settings under `dataset.`,
+    and every URI's password replaced by ***."""
+    from logitlab.tracking import redact_text
+
     node = OmegaConf.to_container(cfg, resolve=True)
     node["dataset"] = node.pop("datasets")[cfg.dataset]
-    return flatten(node)
+    return {key: redact_text(value) for key, value in flatten(node).items()}  # no password of a URI
 
 
 def params_drift(root: Path) -> list[str]:

@@ -82,8 +82,7 @@ def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, pre
     predictions = {"dataset": dataset, "task": task, "head": head, "trainer": trainer,
                    "examples": examples(outputs, probs, labels, task, n_examples)}
 
-    tracking.setup(cfg.tracking, root)
-    with tracking.resume_run(info["run_id"], stage_hint):
+    with tracking.tracked_run(cfg.tracking, root, found_by="evaluate", run_id=info["run_id"], missing_hint=stage_hint):
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
         mlflow.log_dict(predictions, "predictions.json")

@@ -240,7 +240,8 @@ def report(cfg: DictConfig, root: Path, out_dir: Path) -> pd.DataFrame:
         table.to_csv(tmp_csv, index=False)
     with atomic_path(out_dir / "summary.md") as tmp_md:
         tmp_md.write_text(to_markdown(table) + "\n")
-    with mlflow.start_run(run_name="report", tags={KIND_TAG: "report", "report.runs": choice}):
+    with tracking.tracked_run(cfg.tracking, root, found_by="report", run_name="report",
+                              tags={KIND_TAG: "report", "report.runs": choice}):
         mlflow.log_metric("report_variants", len(table))
         mlflow.log_artifact(str(out_dir / "summary.csv"))
         mlflow.log_artifact(str(out_dir / "summary.md"))

@@ -11,6 +11,7 @@ so their runs compare side by side:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from omegaconf import DictConfig
 from logitlab import tracking
 from logitlab.config import batch_size, data_file, dataset_config, run_params, validate_training, variant
 from logitlab.data import atomic_path, load_processed
-from logitlab.errors import UserError
+from logitlab.errors import Diverged, UserError
 from logitlab.models import accuracy_for, build_model, compile_model
 
 log = logging.getLogger(__name__)
@@ -39,33 +40,61 @@ def task_labels(y: np.ndarray, task: str, positive_class: int) -> np.ndarray:
 
 
 def log_epoch(epoch: int, logs: Mapping[str, float]) -> None:
-    """Synchronous and unguarded on purpose: a metric that cannot be logged fails the run
-    instead of vanishing (mlflow.keras.MlflowCallback swallows such errors)."""
-    mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+    """Synchronous and unguarded on purpose: a metric that cannot be logged (after the store's bounded
+    retries) fails the run instead of vanishing (mlflow.keras.MlflowCallback swallows such errors)."""
+    tracking.store_call(f"log epoch {epoch} metrics", mlflow.log_metrics,
+                        {k: float(v) for k, v in logs.items()}, step=epoch)
+
+
+def diverged(epoch: int, logs: Mapping[str, float], max_loss: float | None) -> Diverged | None:
+    """A Diverged for the first loss of an epoch's logs that is NaN, infinite or above `max_loss`
+    (epochs counted from 1)."""
+    for key in ("loss", "val_loss"):
+        value = float(logs.get(key, 0.0))
+        if not math.isfinite(value):
+            return Diverged(epoch + 1, key, value)
+        if max_loss is not None and value > max_loss:
+            return Diverged(epoch + 1, key, value, max_loss)
+    return None
 
 
 class EpochMetrics(keras.callbacks.Callback):
-    """Each epoch's `loss`, `accuracy`, `val_loss`, `val_accuracy` to the active MLflow run."""
+    """Each epoch's `loss`, `accuracy`, `val_loss`, `val_accuracy` to the active MLflow run; a
+    diverged loss stops training and is kept in `diverged` (checked per epoch: no step pays for it)."""
+
+    def __init__(self, max_loss: float | None) -> None:
+        super().__init__()
+        self.max_loss = max_loss
+        self.diverged: Diverged | None = None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         if logs:
             log_epoch(epoch, logs)
+            self.diverged = diverged(epoch, logs, self.max_loss)
+            if self.diverged:
+                self.model.stop_training = True
 
 
-def fit_keras(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig) -> None:
-    model.fit(
+def fit_keras(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig) -> dict[str, float]:
+    """Keras `fit`; raises Diverged after the first epoch whose loss diverged."""
+    epochs = EpochMetrics(cfg.trainer.max_loss)
+    history = model.fit(
         x, y,
         batch_size=batch_size(cfg),
         epochs=cfg.trainer.epochs,
         validation_split=cfg.trainer.validation_split,
         shuffle=True,
         verbose=cfg.trainer.verbose,
-        callbacks=[EpochMetrics()],
+        callbacks=[epochs],
     )
+    if epochs.diverged:
+        raise epochs.diverged
+    return {k: float(v[-1]) for k, v in history.history.items()}
 
 
-def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig) -> None:
-    """The reference notebook's loop, on the model's compiled loss and optimizer."""
+def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig) -> dict[str, float]:
+    """The reference notebook's loop, on the model's compiled loss and optimizer; raises Diverged after
+    the first epoch whose loss diverged."""
     import tensorflow as tf
     from mlflow.entities import Metric
 
@@ -111,12 +140,16 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Dic
         if n_val:
             val = model.evaluate(x[-n_val:], y[-n_val:], batch_size=batch_size(cfg), verbose=0, return_dict=True)
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        if step_metrics:
-            client.log_batch(run_id, metrics=step_metrics)  # one call per epoch, not one per step
+        if step_metrics:  # one call per epoch, not one per step
+            tracking.store_call(f"log epoch {epoch} step metrics", client.log_batch, run_id, metrics=step_metrics)
         log_epoch(epoch, logs)
+        failure = diverged(epoch, logs, trainer.max_loss)
+        if failure:
+            raise failure
         if trainer.verbose:
             log.info("epoch %d/%d %.1fs %s", epoch + 1, trainer.epochs, time.perf_counter() - start,
                      " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+    return logs
 
 
 TRAINERS = {"fit": fit_keras, "gradient_tape": fit_gradient_tape}
@@ -129,10 +162,14 @@ def save_model(model: keras.Model, run_dir: Path) -> Path:
     return target
 
 
-def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mapping[str, str] | None = None) -> str:
+def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mapping[str, str] | None = None,
+          parent_run_id: str | None = None) -> tuple[str, dict[str, float]]:
     """Train `cfg.model.head` on `cfg.dataset` for `cfg.task`; write model.keras and run.json to `run_dir`.
 
-    The run is tagged with what identifies its variant (dataset, task, head, trainer), plus `tags`."""
+    The run is tagged with what identifies its variant (dataset, task, head, trainer), plus `tags`,
+    and nested under `parent_run_id` (a sweep's run) if given. Returns the run id and the last
+    epoch's metrics.
+    A diverged loss ends the run FAILED and writes neither model nor run.json."""
     validate_training(cfg)
     ds = dataset_config(cfg)
     data = load_processed(data_file(cfg, root, "processed"), cfg.dataset)
@@ -147,19 +184,19 @@ def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mappi
     model = build_model(x.shape[1], ds.num_classes, list(cfg.model.layers), head, cfg.model.activation, cfg.task)
     compile_model(model, head, cfg.optimizer.lr, cfg.trainer.steps_per_execution, cfg.task)
 
-    experiment_id = tracking.setup(cfg.tracking, root)
     identity = {"dataset": cfg.dataset, "task": cfg.task, "head": head, "trainer": cfg.trainer.name,
                 "logitlab.variant": variant(cfg)}
-    with mlflow.start_run(run_name=run_name, tags={**identity, **(tags or {})}) as run:
-        mlflow.log_params(run_params(cfg))
+    with tracking.tracked_run(cfg.tracking, root, found_by="train", run_name=run_name,
+                              tags={**identity, **(tags or {})}, parent_run_id=parent_run_id) as run:
+        tracking.store_call("log params", mlflow.log_params, run_params(cfg))
         log.info("training %s: %s head, %s %s, %s trainer, %d examples, run %s", run_name, head, cfg.dataset,
                  cfg.task, cfg.trainer.name, len(x), run.info.run_id)
-        TRAINERS[cfg.trainer.name](model, x, y, cfg)
+        last = TRAINERS[cfg.trainer.name](model, x, y, cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
-        mlflow.log_artifact(str(save_model(model, run_dir)))
+        tracking.store_call("log the model", mlflow.log_artifact, str(save_model(model, run_dir)))
         tracking.write_run_file(run_dir, {
-            "run_id": run.info.run_id, "experiment_id": experiment_id, "run_name": run_name,
+            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "run_name": run_name,
             "dataset": cfg.dataset, "task": cfg.task, "head": head, "trainer": cfg.trainer.name,
         })
-    log.info("run %s: %s", run.info.run_id, tracking.runs_link(experiment_id))
-    return run.info.run_id
+    log.info("run %s: %s", run.info.run_id, tracking.runs_link(run.info.experiment_id))
+    return run.info.run_id, last

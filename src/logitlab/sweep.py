@@ -1,0 +1,144 @@
+"""Hydra multiruns as MLflow parent runs, and sweeps that survive their jobs' failures.
+
+`MlflowSweep` is a Hydra callback (`hydra.callbacks` in conf/config.yaml):
+- at the start of a training sweep it creates one parent run, tagged `logitlab.kind=sweep`, the sweep
+  id and the sweep's override string, and writes its id to `<sweep dir>/.logitlab-sweep.json`, where
+  every job finds it, whatever process or machine the launcher runs it in (basic, joblib, submitit);
+  each job's run is then a child run (`mlflow.parentRunId`), tagged with the same sweep id;
+- a job that fails records one line under `<sweep dir>/.logitlab-failed/` and returns, so the other
+  jobs go on (see `stages.entry`);
+- at the end it closes the parent run (FINISHED, or FAILED if any job failed) with job counts, prints
+  one line per failed job and exits 1 if there was any.
+A sweep launched twice, even into the same directory, makes two parent runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = ".logitlab-sweep.json"
+FAILED_DIR = ".logitlab-failed"
+KIND_TAG = "logitlab.kind"
+SWEEP_TAG = "logitlab.sweep_id"
+PARENT_TAG = "mlflow.parentRunId"
+# The Hydra apps whose jobs are MLflow runs, and so get a parent run.
+TRACKED_APPS = ("train",)
+
+
+def config_root(config: DictConfig) -> Path:
+    """The project root of a composed config: the folder of its primary config (params.yaml, as DVC
+    stages use), or the parent of `conf/` (config.yaml, as sweeps use)."""
+    for source in config.hydra.runtime.config_sources:
+        if source.provider == "main" and source.schema == "file":
+            path = Path(source.path)
+            return path.parent if path.name == "conf" else path
+    raise RuntimeError("no primary config directory in hydra.runtime.config_sources")
+
+
+def _write(path: Path, payload: Any) -> None:
+    from logitlab.data import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def read_sweep(sweep_dir: Path) -> dict[str, Any] | None:
+    path = sweep_dir / SWEEP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def record_failure(sweep_dir: Path, num: int, overrides: list[str], message: str) -> None:
+    """One failed job of the sweep running in `sweep_dir` (read by MlflowSweep.on_multirun_end)."""
+    info = read_sweep(sweep_dir) or {}
+    _write(sweep_dir / FAILED_DIR / f"{num}.json",
+           {"sweep_id": info.get("sweep_id"), "num": num, "overrides": overrides, "error": message})
+
+
+def failures(sweep_dir: Path, sweep_id: str | None) -> list[dict[str, Any]]:
+    folder = sweep_dir / FAILED_DIR
+    found = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
+    return sorted((f for f in found if f.get("sweep_id") == sweep_id), key=lambda f: f["num"])
+
+
+class MlflowSweep(Callback):
+    """One MLflow parent run per training sweep; a failed job is reported, never a stopped sweep."""
+
+    def __init__(self, apps: list[str] | tuple[str, ...] = TRACKED_APPS) -> None:
+        self.apps = tuple(apps)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from logitlab import tracking
+
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        info: dict[str, Any] = {"sweep_id": sweep_id, "app": config.hydra.job.name, "parent_run_id": None}
+        if config.hydra.job.name in self.apps:
+            import mlflow
+
+            root = config_root(config)
+            experiment_id = tracking.setup(config.tracking, root)
+            tracking.reap_stale(experiment_id, "sweep start")
+            overrides = tracking.redact_text(" ".join(config.hydra.overrides.task))
+            tags = {KIND_TAG: "sweep", SWEEP_TAG: sweep_id, "hydra.overrides": overrides,
+                    "hydra.sweep.dir": str(sweep_dir), "hydra.sweeper": str(config.hydra.sweeper._target_),
+                    "hydra.launcher": str(config.hydra.launcher._target_), **tracking.process_tags()}
+            client = mlflow.MlflowClient()
+            parent = tracking.store_call("start the sweep's run", client.create_run, experiment_id,
+                                         run_name=f"sweep-{sweep_id}", tags=tags)
+            info["parent_run_id"] = parent.info.run_id
+            log.info("sweep %s: parent run %s (%s)", sweep_id, parent.info.run_id, tracking.runs_link(experiment_id))
+        _write(sweep_dir / SWEEP_FILE, info)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        info = read_sweep(sweep_dir)
+        if info is None:
+            return
+        failed = failures(sweep_dir, info["sweep_id"])
+        if info.get("parent_run_id"):
+            self._close_parent(config, info["parent_run_id"], len(failed))
+        if failed:
+            for f in failed:
+                print(f"logitlab sweep {info['sweep_id']}: job {f['num']} ({' '.join(f['overrides'])}) failed: "
+                      f"{f['error']}", file=sys.stderr)
+            print(f"logitlab sweep {info['sweep_id']}: {len(failed)} job(s) failed; the others ran to the end",
+                  file=sys.stderr)
+            sys.exit(1)
+
+    @staticmethod
+    def _close_parent(config: DictConfig, parent_run_id: str, n_failed: int) -> None:
+        import mlflow
+
+        from logitlab import tracking
+
+        tracking.setup(config.tracking, config_root(config))
+        client = mlflow.MlflowClient()
+        children = tracking.store_call("read the sweep's runs", client.search_runs,
+                                       [client.get_run(parent_run_id).info.experiment_id],
+                                       filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
+        statuses = [r.info.status for r in children]
+        counts = {s: statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
+        metrics = {f"jobs_{s.lower()}": float(n) for s, n in counts.items()}
+        metrics["jobs_failed_before_run"] = float(max(0, n_failed - counts["FAILED"] - counts["KILLED"]))
+        tracking.store_call("log the sweep's counts", client.log_batch, parent_run_id,
+                            metrics=[_metric(k, v) for k, v in metrics.items()])
+        ok = n_failed == 0 and counts["FINISHED"] == len(statuses)
+        tracking.store_call("end the sweep's run", client.set_terminated, parent_run_id, "FINISHED" if ok else "FAILED")
+
+
+def _metric(key: str, value: float) -> Any:
+    from mlflow.entities import Metric
+
+    return Metric(key, value, int(time.time() * 1000), 0)
