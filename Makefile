@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS ?= 1
 # DVC stages call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast params ui
+.PHONY: setup repro test test-fast params ui server
 
 setup: $(STAMP)
 
@@ -36,3 +36,7 @@ params: $(STAMP)  ## regenerate params.yaml from conf/ (a test fails while they 
 
 ui: $(STAMP)  ## MLflow UI on the project's store, loopback only
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
+
+server: $(STAMP)  ## MLflow tracking server, loopback only; BACKEND=postgresql://... ARTIFACTS=dir|s3://... PORT=5000
+	$(BIN)/python -m logitlab server --port $(or $(PORT),5000) \
+	    $(if $(BACKEND),--backend-store-uri '$(BACKEND)') $(if $(ARTIFACTS),--artifacts-destination '$(ARTIFACTS)')

@@ -1,20 +1,17 @@
-"""`python -m logitlab params [--check]`: regenerate params.yaml from conf/, or check that it agrees."""
+"""`python -m logitlab params [--check]`: regenerate params.yaml from conf/, or check that it agrees.
+`python -m logitlab server [...]`: an MLflow tracking server for a team, on 127.0.0.1 unless told."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+LOOPBACK = "127.0.0.1"
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m logitlab")
-    sub = parser.add_subparsers(dest="command", required=True)
-    params = sub.add_parser("params", help="write params.yaml, the composition of conf/ that DVC tracks")
-    params.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: .)")
-    params.add_argument("--check", action="store_true", help="only check that params.yaml agrees with conf/")
-    args = parser.parse_args(argv)
 
+def _params(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from logitlab.config import PARAMS_FILE, params_drift, write_params
 
     root = args.root.resolve()
@@ -29,6 +26,52 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"wrote {write_params(root)}")
     return 0
+
+
+def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """`mlflow server` with proxied artifacts; the backend URI goes through the environment
+    (MLFLOW_BACKEND_STORE_URI), so its password never shows in the process list."""
+    from logitlab.tracking import DEFAULT_DB, project_root
+
+    root = project_root(args.root.resolve())
+    backend = args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or f"sqlite:///{root / DEFAULT_DB}"
+    artifacts = args.artifacts_destination or str(root / "mlartifacts")
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", args.host, "--port", str(args.port),
+           "--artifacts-destination", artifacts, "--workers", str(args.workers)]
+    env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=backend)
+    return cmd, env
+
+
+def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from logitlab.tracking import redact
+
+    cmd, env = server_command(args)
+    if args.host != LOOPBACK:
+        print(f"warning: serving on {args.host}, reachable beyond this machine; MLflow has no authentication "
+              "unless you add it", file=sys.stderr)
+    print(f"MLflow server on http://{args.host}:{args.port}, backend {redact(env['MLFLOW_BACKEND_STORE_URI'])}, "
+          f"artifacts {args.artifacts_destination or 'mlartifacts/'} (proxied)", flush=True)
+    os.execve(cmd[0], cmd, env)
+    return 1  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m logitlab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    params = sub.add_parser("params", help="write params.yaml, the composition of conf/ that DVC tracks")
+    params.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: .)")
+    params.add_argument("--check", action="store_true", help="only check that params.yaml agrees with conf/")
+    server = sub.add_parser("server", help="an MLflow tracking server with proxied artifacts (team set-up)")
+    server.add_argument("--root", type=Path, default=Path.cwd(), help="project root, for the defaults (default: .)")
+    server.add_argument("--host", default=LOOPBACK, help=f"interface to bind (default: {LOOPBACK}, this machine only)")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--backend-store-uri", help="e.g. postgresql://user:password@db:5432/mlflow "
+                        "(default: $MLFLOW_BACKEND_STORE_URI, else sqlite:///<root>/mlflow.db)")
+    server.add_argument("--artifacts-destination", help="where the server stores artifacts: a folder, s3://... "
+                        "(default: <root>/mlartifacts)")
+    server.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    return _params(parser, args) if args.command == "params" else _server(parser, args)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,9 @@ def entry(stage: Callable[[DictConfig, Path], Any], root: Path) -> Callable[[Dic
 
     @functools.wraps(stage)
     def run(cfg: DictConfig) -> Any:
+        from logitlab.tracking import redact_logs
+
+        redact_logs()
         try:
             return stage(cfg, root)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Interrupted): the run is KILLED

@@ -78,8 +78,18 @@ class MlflowSweep(Callback):
         self.apps = tuple(apps)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from logitlab.errors import RunFailed, UserError
+
+        try:
+            self._start(config)
+        except (UserError, RunFailed) as exc:  # Hydra would only warn, and launch every job into the error
+            print(f"logitlab sweep: error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+
+    def _start(self, config: DictConfig) -> None:
         from logitlab import tracking
 
+        tracking.redact_logs()
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -107,15 +117,23 @@ class MlflowSweep(Callback):
         if info is None:
             return
         failed = failures(sweep_dir, info["sweep_id"])
+        exit_code = 1 if failed else 0
         if info.get("parent_run_id"):
-            self._close_parent(config, info["parent_run_id"], len(failed))
+            from logitlab.errors import RunFailed
+
+            try:
+                self._close_parent(config, info["parent_run_id"], len(failed))
+            except RunFailed as exc:  # the store went away: the parent stays RUNNING until reaped
+                print(f"logitlab sweep {info['sweep_id']}: error: {exc}", file=sys.stderr)
+                exit_code = exc.exit_code
+        for f in failed:
+            print(f"logitlab sweep {info['sweep_id']}: job {f['num']} ({' '.join(f['overrides'])}) failed: "
+                  f"{f['error']}", file=sys.stderr)
         if failed:
-            for f in failed:
-                print(f"logitlab sweep {info['sweep_id']}: job {f['num']} ({' '.join(f['overrides'])}) failed: "
-                      f"{f['error']}", file=sys.stderr)
             print(f"logitlab sweep {info['sweep_id']}: {len(failed)} job(s) failed; the others ran to the end",
                   file=sys.stderr)
-            sys.exit(1)
+        if exit_code:
+            sys.exit(exit_code)
 
     @staticmethod
     def _close_parent(config: DictConfig, parent_run_id: str, n_failed: int) -> None:

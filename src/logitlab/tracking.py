@@ -128,6 +128,8 @@ def setup(tracking: Mapping[str, Any], root: Path) -> str:
     else:
         os.environ[ENV_URI] = user_env
     _quiet_store_tracebacks()
+    if redact(uri) != uri:  # MLflow prints "View run at <tracking URI>/...", credentials included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     name = tracking["experiment"]
     with _first_use_lock(uri):
         experiment = store_call("open experiment " + repr(name), mlflow.get_experiment_by_name, name)
@@ -191,8 +193,15 @@ def open_store(tracking: Mapping[str, Any], root: Path, found_by: str) -> str:
 
 
 def runs_link(experiment_id: str) -> str:
-    """Where the runs table is: MLflow 3 opens experiments in its GenAI view otherwise."""
-    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """Where the runs table is (MLflow 3 opens experiments in its GenAI view otherwise): on the
+    tracking server in use, without credentials, or where `mlflow ui` serves a local store."""
+    import mlflow
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(mlflow.get_tracking_uri())
+    base = (f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") + parts.path.rstrip("/")
+            if parts.scheme in ("http", "https") else "http://127.0.0.1:5000")
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 # --------------------------------------------------------------------------- run files
@@ -368,3 +377,26 @@ def redact(uri: str) -> str:
 def redact_text(text: str) -> str:
     """Text with the password of every URI in it replaced by ***."""
     return _URI_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", text)
+
+
+def redact_logs() -> None:
+    """Redact URI passwords in every log record of this process, whatever handlers are configured
+    later: Hydra itself logs each job's overrides ("#0 : ... tracking.uri=...") and reconfigures its
+    handlers between jobs, so the redaction sits in the record factory."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "logitlab_redacts", False):
+        return
+
+    def redacting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record stays as it is, for logging to report
+            return record
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return record
+
+    redacting.logitlab_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting)

@@ -1,0 +1,164 @@
+"""A team's tracking server: a real `mlflow server` (started as the README says, through
+`python -m logitlab server`) on PostgreSQL with proxied artifacts, a sweep logging to it over HTTP,
+the runs read back over HTTP, and no secret anywhere in what was logged."""
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import PYTHON, ROOT, app, subprocess_env, tiny_blobs
+
+PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test", "user": "postgres"}
+SECRETS = {"uri": "cli-s3cret", "backend": "pg-s3cret", "password_env": "env-s3cret", "token_env": "tok-s3cret",
+           "aws_env": "aws-s3cret"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, _, state = line.split()[1], line.split()[2], line.split()[3]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request, tmp_path):
+    """A backend store URI: a fresh PostgreSQL database (dropped afterwards), or a SQLite file."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'server.db'}"
+        return
+    try:
+        import psycopg
+
+        admin = psycopg.connect(connect_timeout=3, autocommit=True, **PG)
+    except Exception as exc:  # no server, no driver
+        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({type(exc).__name__}: {exc}); "
+                    "the SQLite case covers the server")
+    name = f"logitlab_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        # trust authentication ignores the password: it is here to prove it never leaks
+        yield f"postgresql://postgres:{SECRETS['backend']}@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture
+def server(backend, tmp_path):
+    port = free_port()
+    artifacts = tmp_path / "server-artifacts"
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([PYTHON, "-m", "logitlab", "server", "--root", str(ROOT), "--port", str(port),
+                             "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
+                            cwd=tmp_path, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"mlflow server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield {"url": url, "port": port, "artifacts": artifacts, "log": tmp_path / "server.log", "backend": backend}
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def rest(url: str, endpoint: str, payload: dict) -> dict:
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_sweep_logs_to_a_tracking_server_and_leaks_no_secret(server, tmp_path):
+    assert listening_addresses(server["port"]) == {"0100007F"}, "the server binds 127.0.0.1 only"
+
+    data = tiny_blobs(tmp_path)
+    env = subprocess_env(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=SECRETS["password_env"],
+                         AWS_SECRET_ACCESS_KEY=SECRETS["aws_env"], LOGITLAB_TEST_TOKEN=SECRETS["token_env"])
+    uri = f"http://alice:{SECRETS['uri']}@127.0.0.1:{server['port']}"
+    sweep = subprocess.run(app("train", "-m", *data, "model.head=softmax,logit", "trainer.epochs=2", "tracking=server",
+                               f"tracking.uri='{uri}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+
+    # Read back over HTTP, with the REST API alone.
+    [experiment] = [e for e in rest(server["url"], "experiments/search", {"max_results": 100})["experiments"]
+                    if e["name"] == "logitlab"]
+    runs = rest(server["url"], "runs/search", {"experiment_ids": [experiment["experiment_id"]],
+                                               "max_results": 100})["runs"]
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
+    [parent] = [r for r in runs if tags[r["info"]["run_id"]].get("logitlab.kind") == "sweep"]
+    children = [r for r in runs if r is not parent]
+    assert len(children) == 2
+    parent_id = parent["info"]["run_id"]
+    assert parent["info"]["status"] == "FINISHED"
+    for child in children:
+        child_tags = tags[child["info"]["run_id"]]
+        assert child["info"]["status"] == "FINISHED"
+        assert child_tags["mlflow.parentRunId"] == parent_id
+        assert child_tags["logitlab.sweep_id"] == tags[parent_id]["logitlab.sweep_id"]
+        metrics = {m["key"] for m in child["data"]["metrics"]}
+        assert {"loss", "val_loss", "test_accuracy", "output_min", "prob_max"} <= metrics
+        assert child["info"]["artifact_uri"].startswith("mlflow-artifacts:"), "artifacts go through the server"
+
+    # The artifacts landed in the server's artifact store, and come back over HTTP.
+    import mlflow
+
+    client = mlflow.MlflowClient(server["url"])
+    everything = []
+    for r in runs:
+        rid = r["info"]["run_id"]
+        local = Path(client.download_artifacts(rid, "", str(tmp_path / "downloads" / rid)))
+        everything += [p for p in local.rglob("*") if p.is_file()]
+    names = {p.name for p in everything}
+    assert {"model.keras", "predictions.json", "outputs.npz"} <= names
+    assert any(p.name == "model.keras" for p in server["artifacts"].rglob("*"))
+
+    # No secret in params, tags, metric names, artifacts, the jobs' logs or the output.
+    logged = json.dumps(runs) + json.dumps(experiment)
+    blobs = [p.read_bytes() for p in everything]
+    logs = [p.read_text() for p in (tmp_path / "sweep").rglob("*.log")]
+    server_log = server["log"].read_text()
+    for secret in SECRETS.values():
+        assert secret not in logged, secret
+        assert not any(secret.encode() in b for b in blobs), secret
+        assert not any(secret in text for text in logs), secret
+        assert secret not in sweep.stdout + sweep.stderr, secret
+        assert secret not in server_log, secret
+    params = {p["key"]: p["value"] for p in children[0]["data"]["params"]}
+    assert params["tracking.uri"] == f"http://alice:***@127.0.0.1:{server['port']}"
+    assert "cli-s3cret" not in tags[parent_id]["hydra.overrides"] and "alice:***@" in tags[parent_id]["hydra.overrides"]
