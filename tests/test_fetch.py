@@ -221,3 +221,25 @@ def test_blobs_generation_is_the_reference_make_blobs(tmp_path):
     with np.load(target) as written:
         np.testing.assert_array_equal(written["x"], x)
         np.testing.assert_array_equal(written["y"], y)
+
+
+def test_concurrent_fetches_do_not_corrupt_each_other(http_server, tmp_path):
+    """Six fetches at once into one target, each first meeting a corrupted copy (rejected by hash,
+    nothing cached) and then a good one: every fetch succeeds and the file is the good data."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrays = mnist_arrays(n_train=2000, n_test=200)
+    body = keras_npz_bytes(arrays)
+    corrupted = bytearray(body)
+    corrupted[len(body) // 2] ^= 0xFF
+    bad = url_source(http_server.serve("/corrupt.npz", bytes(corrupted)), body, name="mirror")
+    good = url_source(http_server.serve("/mnist.npz", body), body, name="web")
+    target = tmp_path / "raw" / "mnist.npz"
+    cfg = fetch_cfg(bad, good, digests=data.array_digests(arrays))
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        used = list(pool.map(lambda _: data.fetch_mnist(cfg, target), range(6)))
+    assert used == ["web"] * 6
+    with np.load(target) as written:
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(written[key], value)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mnist.npz"], "no temporary file left behind"

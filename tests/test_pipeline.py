@@ -2,12 +2,15 @@
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import PYTHON, ROOT, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, subprocess_env
+from helpers import (PYTHON, ROOT, app, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, subprocess_env,
+                     tiny_blobs)
 from logitlab import data
 
 BIN = Path(PYTHON).parent
@@ -33,65 +36,95 @@ def finished_runs(uri):
     return client.search_runs([experiment.experiment_id])
 
 
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return tiny_blobs(tmp_path_factory.mktemp("blobs"))
+
+
+def leftovers(tmp_path):
+    """What a failed command left in its working folder, besides the test's own inputs."""
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+
+
 @pytest.mark.parametrize(
-    "args, message",
+    "stage, args, message",
     [
-        (["model.head=tanh"], "unknown model.head 'tanh' for task multiclass; valid: softmax, logit, softmax_strict, sigmoid"),
-        (["dataset=cifar"], "unknown dataset 'cifar'; valid: blobs, mnist"),
-        (["trainer.epochs=-1"], "trainer.epochs must be a positive whole number, got -1"),
+        ("train", ["model.head=tanh"], "unknown model.head 'tanh' for task multiclass; valid: softmax, logit, softmax_strict, sigmoid"),
+        ("train", ["dataset=cifar"], "unknown dataset 'cifar'; valid: blobs, mnist"),
+        ("train", ["trainer=foo"], "unknown trainer 'foo' in override 'trainer=foo'; valid: fit, gradient_tape"),
+        ("train", ["trainer.name=foo"], "unknown trainer 'foo'; valid: fit, gradient_tape"),
+        ("train", ["trainer.epochs=-1"], "trainer.epochs must be a positive whole number, got -1"),
+        ("train", ["trainer.epochs=0"], "trainer.epochs must be a positive whole number, got 0"),
+        ("train", ["trainer.batch_size=0"], "trainer.batch_size must be a positive whole number, got 0"),
+        ("train", ["optimizer.lr=0"], "optimizer.lr must be a positive number, got 0"),
+        ("train", ["optimizer.lr=-1e-3"], "optimizer.lr must be a positive number, got -0.001"),
+        ("train", ["optimizer.lr=fast"], "optimizer.lr must be a positive number, got 'fast'"),
+        ("train", ["model.head=[softmax"], "malformed override 'model.head=[softmax': no viable alternative at input "
+                                           "'[softmax'; see https://hydra.cc/docs/advanced/override_grammar/basic/"),
+        ("train", ["trainer.epochz=3"], "unknown key 'trainer.epochz' in override 'trainer.epochz=3'; valid under trainer: "
+                                        "name, epochs, batch_size, validation_split, steps_per_execution, shuffle_buffer, "
+                                        "log_every_n_steps, max_loss, verbose (prefix + to add a new key)"),
+        ("train", ["-m", "trainer=fit,tape"], "unknown trainer 'tape' in override 'trainer=fit,tape'; valid: fit, gradient_tape"),
+        ("evaluate", ["hydra/launcher=paralel"], "unknown launcher 'paralel' in override 'hydra/launcher=paralel'; valid: "
+                                                 "basic, joblib, parallel, slurm, submitit_local, submitit_slurm"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    proc = subprocess.run([PYTHON, str(ROOT / "pipelines" / "train.py"), *args, f"hydra.run.dir={tmp_path}"],
+def test_bad_input_is_one_line_and_exit_2(tmp_path, stage, args, message):
+    proc = subprocess.run(app(stage, *args, f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'",
+                              f"hydra.run.dir={tmp_path / 'job'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
                           cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert f"logitlab train: error: {message}" in proc.stderr.splitlines()
+    assert proc.stderr.strip().splitlines()[-1] == f"logitlab {stage}: error: {message}"
     assert "Traceback" not in proc.stderr + proc.stdout
+    assert not [f for f in leftovers(tmp_path) if not f.endswith(".log") and "/.hydra/" not in f], \
+        "nothing but Hydra's own records of the job is written"
 
 
-@pytest.mark.slow
-def test_multirun_sweep_makes_one_run_per_job_and_the_report_aggregates_seeds(tmp_path):
-    """A real `-m` sweep of 8 jobs on tiny blobs (heads x trainers x seeds), started outside the
-    project directory; then the report over the whole experiment."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    data = ["datasets.blobs.fetch.n_samples=200", f"paths.raw={tmp_path / 'raw'}",
-            f"paths.processed={tmp_path / 'processed'}"]
-    for stage in ("fetch", "preprocess"):
-        run([PYTHON, str(ROOT / "pipelines" / f"{stage}.py"), "dataset=blobs", *data,
-             f"hydra.run.dir={tmp_path / stage}"], tmp_path, subprocess_env())
-    sweep = tmp_path / "multirun"
-    run([PYTHON, str(ROOT / "pipelines" / "train.py"), "-m", "dataset=blobs", "model.head=softmax,logit",
-         "trainer=fit,gradient_tape", "seed=0,1", "trainer.epochs=2", "trainer.log_every_n_steps=2",
-         f"tracking.uri='{store}'", f"hydra.sweep.dir={sweep}", *data], tmp_path, subprocess_env())
+def test_test_fraction_outside_zero_one_is_refused(tmp_path, blobs):
+    processed = tmp_path / "processed"
+    for bad in ("1.5", "0"):
+        proc = subprocess.run(app("preprocess", *blobs[:-1], f"paths.processed={processed}",
+                                  f"datasets.blobs.preprocess.test_size={bad}", f"hydra.run.dir={tmp_path / 'job'}"),
+                              cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"logitlab preprocess: error: datasets.blobs.preprocess.test_size must be a number in (0, 1), got {bad}")
+        assert not processed.exists()
 
-    runs = [r for r in finished_runs(store) if "logitlab.variant" in r.data.tags]
-    assert len(runs) == 8
-    combos = {(r.data.tags["head"], r.data.tags["trainer"], r.data.params["seed"]) for r in runs}
-    assert combos == {(h, t, s) for h in ("softmax", "logit") for t in ("fit", "gradient_tape") for s in ("0", "1")}
-    for r in runs:
-        assert r.info.status == "FINISHED"
-        assert RUN_METRICS <= set(r.data.metrics), r.info.run_name
-        num = r.data.tags["hydra.job.num"]
-        assert r.info.run_name == f"{r.data.tags['logitlab.variant']}-{num}"
-        assert r.data.tags["head"] == r.data.params["model.head"]
-        assert (sweep / num / "model.keras").is_file() and (sweep / num / "metrics.json").is_file()
-        assert ("step_loss" in r.data.metrics) == (r.data.tags["trainer"] == "gradient_tape")
 
-    report_dir = tmp_path / "report"
-    run([PYTHON, str(ROOT / "pipelines" / "report.py"), "report.runs=experiment", f"tracking.uri='{store}'",
-         f"hydra.run.dir={report_dir}", *data], tmp_path, subprocess_env())
-    import pandas as pd
+def test_missing_processed_data_names_the_stage_to_run(tmp_path, blobs):
+    empty = tmp_path / "nothing"
+    proc = subprocess.run(app("train", *blobs[:-1], f"paths.processed={empty}", f"tracking.uri='sqlite:///{tmp_path / 'm.db'}'",
+                              f"hydra.run.dir={tmp_path / 'job'}"),
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"logitlab train: error: {empty / 'blobs.npz'} does not exist; run its stage first: dvc repro preprocess@blobs")
+    assert not (tmp_path / "m.db").exists(), "the tracking store is not even opened"
 
-    table = pd.read_csv(report_dir / "summary.csv")
-    assert len(table) == 4 and set(table["seeds"].astype(str)) == {"0 1"} and set(table["runs"]) == {2}
-    assert table["test_accuracy_std"].notna().all()
-    assert "±" in (report_dir / "summary.md").read_text()
-    plots = {p.name for p in (report_dir / "plots").glob("*.png")}
-    assert plots == {"curves_blobs_multiclass_fit.png", "curves_blobs_multiclass_gradient_tape.png",
-                     "histograms_blobs_multiclass_fit.png", "histograms_blobs_multiclass_gradient_tape.png",
-                     "decision_regions_blobs_multiclass.png"}
-    reports = [r for r in finished_runs(store) if r.data.tags.get("logitlab.kind") == "report"]
-    assert len(reports) == 1
+
+@pytest.mark.parametrize("bad, problem", [
+    ({"x_train": np.zeros((10, 28, 27), np.uint8)}, "x_train must be uint8 of shape (N, 28, 28), got uint8 (10, 28, 27)"),
+    ({"x_test": np.zeros((5, 28, 28), np.float64)}, "x_test must be uint8 of shape (N, 28, 28), got float64 (5, 28, 28)"),
+])
+def test_local_mnist_file_with_wrong_shapes_or_dtypes_is_refused(tmp_path, bad, problem):
+    arrays = {**mnist_arrays(n_train=10, n_test=5), **bad}
+    body = keras_npz_bytes(arrays)
+    local = tmp_path / "mine.npz"
+    local.write_bytes(body)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "mnist.npz").write_bytes(b"the previous good file")
+    source = f"{{name:local,type:file,path:'{local}',sha256:{sha256_bytes(body)},format:keras_npz}}"
+    proc = subprocess.run(app("fetch", "dataset=mnist", f"datasets.mnist.fetch.sources=[{source}]",
+                              "datasets.mnist.fetch.array_sha256=null", f"paths.raw={raw}", f"hydra.run.dir={tmp_path / 'job'}"),
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"logitlab fetch: error: could not fetch mnist from any source: local (file): {problem}")
+    assert "Traceback" not in proc.stderr
+    assert (raw / "mnist.npz").read_bytes() == b"the previous good file"
+    assert sorted(p.name for p in raw.iterdir()) == ["mnist.npz"], "no temporary file left"
 
 
 def shrink_to_tiny_data(project: Path, tmp_path: Path) -> None:
@@ -158,3 +191,46 @@ def test_dvc_repro_end_to_end(tmp_path):
     run([dvc, "repro", "--force", "--single-item", "evaluate@blobs-logit"], project, env)
     again = finished_runs(f"sqlite:///{project / 'mlflow.db'}")
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in everything)
+
+    # DVC experiments on the same project: Hydra composition is on (.dvc/config), so -S overrides
+    # compose conf/ into params.yaml. One experiment in the workspace, two through the queue.
+    git = ["git", "-c", "user.name=logitlab-tests", "-c", "user.email=tests@logitlab.invalid"]
+    run(git + ["add", "-A"], project)
+    run(git + ["commit", "-qm", "baseline"], project)
+    exp_env = dict(env, GIT_AUTHOR_NAME="logitlab-tests", GIT_AUTHOR_EMAIL="tests@logitlab.invalid",
+                   GIT_COMMITTER_NAME="logitlab-tests", GIT_COMMITTER_EMAIL="tests@logitlab.invalid")
+    target = "evaluate@blobs-logit"
+    ran = run([dvc, "exp", "run", "-n", "lr-01", "-S", "optimizer.lr=0.01", target], project, exp_env, timeout=900)
+    assert {line.split("'")[1] for line in ran.stdout.splitlines() if line.startswith("Running stage")} == {
+        "train@blobs-logit", target}
+    assert OmegaConf.load(project / "params.yaml").optimizer.lr == 0.01, "DVC composed conf/ with the override"
+    for lr, name in (("0.003", "lr-003"), ("0.03", "lr-03")):
+        run([dvc, "exp", "run", "--queue", "-n", name, "-S", f"optimizer.lr={lr}", target], project, exp_env)
+    try:
+        run([dvc, "queue", "start", "-j", "2"], project, exp_env)
+        deadline = time.monotonic() + 900
+        while "Queued" in (status := run([dvc, "queue", "status"], project, exp_env).stdout) or "Running" in status:
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        subprocess.run([dvc, "queue", "stop", "--kill"], cwd=project, env=exp_env, capture_output=True, timeout=120)
+    assert status.count("Success") == 2, status
+
+    shown = run([dvc, "exp", "show", "--json"], project, exp_env).stdout
+    experiments = {}
+    for baseline in json.loads(shown):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                experiments[rev.get("name") or exp.get("name")] = data
+    assert {"lr-01", "lr-003", "lr-03"} <= set(experiments), sorted(experiments)
+    for name, lr in (("lr-01", 0.01), ("lr-003", 0.003), ("lr-03", 0.03)):
+        data = experiments[name]
+        assert data["params"]["params.yaml"]["data"]["optimizer"]["lr"] == lr
+        assert "test_accuracy" in data["metrics"]["metrics/blobs-logit.json"]["data"], name
+
+    # Every experiment's run landed in the project's store, even those run in DVC's temporary copies.
+    runs = [r for r in finished_runs(f"sqlite:///{project / 'mlflow.db'}") if r.data.tags.get("dvc.exp_name")]
+    assert sorted((r.data.tags["dvc.exp_name"], r.data.params["optimizer.lr"]) for r in runs) == [
+        ("lr-003", "0.003"), ("lr-01", "0.01"), ("lr-03", "0.03")]
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in runs)

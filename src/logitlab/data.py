@@ -79,10 +79,16 @@ def save_arrays(target: Path, arrays: Mapping[str, np.ndarray]) -> None:
             np.savez(f, **arrays)
 
 
-def load_arrays(path: Path, keys: tuple[str, ...], *, stage_hint: str) -> dict[str, np.ndarray]:
-    """Arrays from an .npz this pipeline wrote; a missing file names the stage that makes it."""
+def require(path: Path, stage_hint: str) -> Path:
+    """`path`, or a UserError naming the stage that makes it."""
     if not path.is_file():
         raise UserError(f"{path} does not exist; run its stage first: dvc repro {stage_hint}")
+    return path
+
+
+def load_arrays(path: Path, keys: tuple[str, ...], *, stage_hint: str) -> dict[str, np.ndarray]:
+    """Arrays from an .npz this pipeline wrote; a missing file names the stage that makes it."""
+    require(path, stage_hint)
     with np.load(path, allow_pickle=False) as npz:
         missing = [k for k in keys if k not in npz.files]
         if missing:
@@ -361,5 +367,9 @@ def preprocess(name: str, settings: Mapping[str, Any], raw: Path, target: Path) 
     return arrays
 
 
+def processed_hint(dataset: str) -> str:
+    return f"preprocess@{dataset}"
+
+
 def load_processed(path: Path, dataset: str) -> dict[str, np.ndarray]:
-    return load_arrays(path, MNIST_KEYS, stage_hint=f"preprocess@{dataset}")
+    return load_arrays(path, MNIST_KEYS, stage_hint=processed_hint(dataset))

@@ -76,9 +76,11 @@ def train(cfg: DictConfig, root: Path) -> float:
     from logitlab.tracking import redact_text
 
     validate_training(cfg)  # before TensorFlow's import: bad input fails in a fraction of a second
+    from logitlab.data import processed_hint, require
     from logitlab.sweep import SWEEP_TAG, read_sweep
     from logitlab.tracking import open_store
 
+    require(data_file(cfg, root, "processed"), processed_hint(cfg.dataset))  # before the store is touched
     open_store(cfg.tracking, root, "the train stage")  # and a store that does not answer fails now
     from logitlab.training import train as run
 

@@ -1,0 +1,178 @@
+"""Hydra sweeps as MLflow parent and child runs, under every launcher we ship a config for: jobs in
+parallel processes writing to one store, failing jobs that leave the others running, submitit,
+and optuna's search over the learning rate."""
+
+import subprocess
+
+import pytest
+
+from helpers import ROOT, app, runs_of, subprocess_env, tiny_blobs
+from logitlab.config import compose_params
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return tiny_blobs(tmp_path_factory.mktemp("blobs"))
+
+
+def sweep(tmp_path, store, sweep_dir, *overrides, check=True):
+    proc = subprocess.run(app("train", "-m", *overrides, f"tracking.uri='{store}'", f"hydra.sweep.dir={sweep_dir}"),
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def parents_and_children(store):
+    runs = runs_of(store)
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("logitlab.kind") == "sweep"}
+    children = {}
+    for r in runs:
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if parent:
+            children.setdefault(parent, []).append(r)
+    return parents, children
+
+
+@pytest.mark.slow
+def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path, blobs):
+    """8 jobs (heads x trainers x seeds) in 2 processes writing to one SQLite store at once; then the
+    report over the whole experiment, and the same sweep directory launched again."""
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep_dir = tmp_path / "sweep"
+    sweep(tmp_path, store, sweep_dir, "hydra/launcher=parallel", *blobs, "model.head=softmax,logit",
+          "trainer=fit,gradient_tape", "seed=0,1", "trainer.epochs=3", "trainer.log_every_n_steps=2")
+
+    parents, children = parents_and_children(store)
+    [(parent_id, parent)] = parents.items()
+    jobs = children[parent_id]
+    assert len(jobs) == 8 and parent.info.status == "FINISHED"
+    assert parent.data.metrics["jobs_finished"] == 8
+    assert "model.head=softmax,logit trainer=fit,gradient_tape seed=0,1" in parent.data.tags["hydra.overrides"]
+    assert parent.data.tags["hydra.launcher"].endswith("JoblibLauncher")
+    combos = {(r.data.tags["head"], r.data.tags["trainer"], r.data.params["seed"]) for r in jobs}
+    assert combos == {(h, t, s) for h in ("softmax", "logit") for t in ("fit", "gradient_tape") for s in ("0", "1")}
+    client = mlflow.MlflowClient(store)
+    pids = set()
+    for run in jobs:
+        tags = run.data.tags
+        assert run.info.status == "FINISHED", run.info.run_name
+        assert tags["logitlab.sweep_id"] == parent.data.tags["logitlab.sweep_id"]
+        num = tags["hydra.job.num"]
+        assert run.info.run_name == f"{tags['logitlab.variant']}-{num}"
+        assert f"seed={run.data.params['seed']}" in tags["hydra.overrides"]
+        assert f"model.head={tags['head']}" in tags["hydra.overrides"]
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [0, 1, 2], (num, name)
+        assert {"test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max"} <= set(run.data.metrics)
+        assert ("step_loss" in run.data.metrics) == (tags["trainer"] == "gradient_tape")
+        assert (sweep_dir / num / "model.keras").is_file() and (sweep_dir / num / "metrics.json").is_file()
+        pids.add(tags["logitlab.pid"])
+    assert len(pids) == 2, "two worker processes, each running job after job"
+    assert sorted(int(r.data.tags["hydra.job.num"]) for r in jobs) == list(range(8))
+
+    # The report over the experiment: seeds aggregate as mean +- std.
+    report_dir = tmp_path / "report"
+    done = subprocess.run(app("report", "report.runs=experiment", f"tracking.uri='{store}'", f"hydra.run.dir={report_dir}",
+                              *blobs), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import pandas as pd
+
+    table = pd.read_csv(report_dir / "summary.csv")
+    assert len(table) == 4 and set(table["seeds"].astype(str)) == {"0 1"} and set(table["runs"]) == {2}
+    assert table["test_accuracy_std"].notna().all()
+    assert "±" in (report_dir / "summary.md").read_text()
+    plots = {p.name for p in (report_dir / "plots").glob("*.png")}
+    assert plots == {"curves_blobs_multiclass_fit.png", "curves_blobs_multiclass_gradient_tape.png",
+                     "histograms_blobs_multiclass_fit.png", "histograms_blobs_multiclass_gradient_tape.png",
+                     "decision_regions_blobs_multiclass.png"}
+
+    # The same sweep directory again: a second parent with its own id, not a merge into the first.
+    sweep(tmp_path, store, sweep_dir, *blobs, "seed=7", "trainer.epochs=1")
+    parents, children = parents_and_children(store)
+    assert len(parents) == 2
+    [second] = [p for p in parents if p != parent_id]
+    assert len(children[second]) == 1 and len(children[parent_id]) == 8
+    assert parents[second].data.tags["logitlab.sweep_id"] != parent.data.tags["logitlab.sweep_id"]
+
+
+@pytest.mark.slow
+def test_failing_jobs_do_not_stop_the_sweep(tmp_path, blobs):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(tmp_path, store, sweep_dir, *blobs, "optimizer.lr=1e10,-1,0.001", "trainer.epochs=2", check=False)
+
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("logitlab sweep")]
+    assert len(lines) == 3 and lines[-1].endswith("2 job(s) failed; the others ran to the end")
+    assert "job 0 (" in lines[0] and "failed: loss became nan in epoch 1: training diverged" in lines[0]
+    assert "job 1 (" in lines[1] and lines[1].endswith("failed: optimizer.lr must be a positive number, got -1")
+
+    parents, children = parents_and_children(store)
+    [(parent_id, parent)] = parents.items()
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["jobs_finished"] == 1 and parent.data.metrics["jobs_failed"] == 1
+    assert parent.data.metrics["jobs_failed_before_run"] == 1
+    by_num = {r.data.tags["hydra.job.num"]: r for r in children[parent_id]}
+    assert set(by_num) == {"0", "2"}, "the bad-input job never started a run"
+    assert by_num["0"].info.status == "FAILED" and by_num["0"].data.tags["logitlab.failed_epoch"] == "1"
+    assert by_num["2"].info.status == "FINISHED" and "test_accuracy" in by_num["2"].data.metrics
+    assert not (sweep_dir / "0" / "model.keras").exists() and (sweep_dir / "2" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_the_jobs_as_child_runs(tmp_path, blobs):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep(tmp_path, store, tmp_path / "sweep", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+          *blobs, "model.head=softmax,logit", "trainer.epochs=2")
+    parents, children = parents_and_children(store)
+    [(parent_id, parent)] = parents.items()
+    assert parent.data.tags["hydra.launcher"].endswith("LocalLauncher") and parent.info.status == "FINISHED"
+    jobs = children[parent_id]
+    assert sorted(r.data.tags["head"] for r in jobs) == ["logit", "softmax"]
+    assert all(r.info.status == "FINISHED" and "test_loss" in r.data.metrics for r in jobs)
+    assert len({r.data.tags["logitlab.pid"] for r in jobs} | {parent.data.tags["logitlab.pid"]}) == 3, \
+        "each job in its own process"
+
+
+@pytest.mark.slow
+def test_optuna_searches_the_learning_rate_on_validation_loss(tmp_path, blobs):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep_dir = tmp_path / "sweep"
+    sweep(tmp_path, store, sweep_dir, "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
+          *blobs, "trainer.epochs=2")
+    parents, children = parents_and_children(store)
+    [(parent_id, parent)] = parents.items()
+    jobs = children[parent_id]
+    rates = [float(r.data.params["optimizer.lr"]) for r in jobs]
+    assert len(jobs) == 3 and len(set(rates)) == 3 and all(1e-4 <= lr <= 1e-1 for lr in rates)
+    assert parent.data.tags["hydra.sweeper"].endswith("OptunaSweeper")
+    import yaml
+
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    best = min(jobs, key=lambda r: r.data.metrics["val_loss"])
+    assert result["best_value"] == pytest.approx(best.data.metrics["val_loss"], rel=1e-6)
+    assert result["best_params"]["optimizer.lr"] == pytest.approx(float(best.data.params["optimizer.lr"]))
+
+
+def test_slurm_launcher_config_composes_for_submitit():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=slurm", "hydra.sweep.dir=/shared/sweep"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.submitit_folder == "/shared/sweep/.submitit/%j"
+    assert launcher.cpus_per_task == 2 and launcher.timeout_min == 60
+    assert compose_params(ROOT)["tracking"]["uri"] is None, "launcher choice leaves the job config alone"
+
+
+def test_server_tracking_config_defaults_to_the_environment_then_loopback(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert compose_params(ROOT, ["tracking=server"]).tracking.uri == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.team:5000")
+    server = compose_params(ROOT, ["tracking=server"]).tracking
+    assert server.uri == "http://mlflow.team:5000" and server.retries == 3 and server.experiment == "logitlab"
