@@ -176,3 +176,21 @@ def test_server_tracking_config_defaults_to_the_environment_then_loopback(monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.team:5000")
     server = compose_params(ROOT, ["tracking=server"]).tracking
     assert server.uri == "http://mlflow.team:5000" and server.retries == 3 and server.experiment == "logitlab"
+
+
+@pytest.mark.slow
+def test_optuna_counts_a_diverged_trial_as_failed_and_goes_on(tmp_path, blobs):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(tmp_path, store, sweep_dir, "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1",
+                 "optimizer.lr=choice(0.001,0.003,1e10)", *blobs, "trainer.epochs=2", check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    parents, children = parents_and_children(store)
+    [(parent_id, _)] = parents.items()
+    statuses = {(r.data.params["optimizer.lr"], r.info.status) for r in children[parent_id]}
+    assert ("10000000000.0", "FAILED") in statuses and any(s == "FINISHED" for _, s in statuses)
+    import yaml
+
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert result["best_params"]["optimizer.lr"] in (0.001, 0.003), "the search finished on the trials that did"

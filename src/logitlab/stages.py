@@ -170,6 +170,6 @@ def entry(stage: Callable[[DictConfig, Path], Any], root: Path) -> Callable[[Dic
                 _fail(stage.__name__, exc, 1)
             else:
                 raise
-        return float("nan")  # a failed job's objective, for sweepers that minimize it
+        return None  # a failed job has no objective: optuna records a failed trial and goes on
 
     return run
