@@ -28,7 +28,7 @@ class StoreUnavailable(RunFailed):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every cleanup path runs."""
+    """SIGTERM or SIGINT during a run, raised as a KeyboardInterrupt so that every cleanup path runs."""
 
     def __init__(self, signal_name: str):
         self.signal_name = signal_name

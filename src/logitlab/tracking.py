@@ -284,21 +284,35 @@ def reap_stale(experiment_id: str, found_by: str) -> list[str]:
     return reaped
 
 
+_pending: dict[str, str | None] = {"signal": None}
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While the block runs, SIGTERM raises Interrupted (a KeyboardInterrupt), as Ctrl-C does."""
+def interrupts_end_the_run() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise Interrupted (a KeyboardInterrupt). The signal is
+    also remembered, and `check_interrupted` (called every epoch) raises it again: an exception raised
+    while Python runs a destructor or a callback is printed and dropped, and the run must still end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        _pending["signal"] = signal.Signals(signum).name
         raise Interrupted(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _pending["signal"] = None
+
+
+def check_interrupted() -> None:
+    """Raise Interrupted if SIGTERM or SIGINT arrived during the run (see interrupts_end_the_run)."""
+    if _pending["signal"]:
+        raise Interrupted(_pending["signal"])
 
 
 def _end(run_id: str, status: str, tags: Mapping[str, str]) -> None:
@@ -340,7 +354,7 @@ def tracked_run(tracking: Mapping[str, Any], root: Path, *, found_by: str, run_n
         store_call("tag the run", mlflow.set_tags, {**(tags or {}), **owner})
     rid = run.info.run_id
     try:
-        with sigterm_as_interrupt():
+        with interrupts_end_the_run():
             yield run
     except KeyboardInterrupt as exc:
         name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"

@@ -42,6 +42,7 @@ def task_labels(y: np.ndarray, task: str, positive_class: int) -> np.ndarray:
 def log_epoch(epoch: int, logs: Mapping[str, float]) -> None:
     """Synchronous and unguarded on purpose: a metric that cannot be logged (after the store's bounded
     retries) fails the run instead of vanishing (mlflow.keras.MlflowCallback swallows such errors)."""
+    tracking.check_interrupted()
     tracking.store_call(f"log epoch {epoch} metrics", mlflow.log_metrics,
                         {k: float(v) for k, v in logs.items()}, step=epoch)
 
