@@ -12,14 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from logitlab.errors import UserError
+from logitlab.errors import UserError, first_line
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 def _single_value(override) -> str | None:
@@ -51,7 +46,7 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
         try:
             parsed.append(parser.parse_override(line))
         except (OverrideParseException, HydraException) as exc:
-            raise UserError(f"malformed override {line!r}: {_first_line(exc)}; see {GRAMMAR}") from None
+            raise UserError(f"malformed override {line!r}: {first_line(exc)}; see {GRAMMAR}") from None
 
     with initialize_config_dir(str(config_dir), version_base="1.3", job_name=app):
         loader = GlobalHydra.instance().config_loader()
@@ -93,9 +88,9 @@ def _composition_error(exc: BaseException, overrides: Sequence[str], base) -> st
             where = f"under {parent_key}" if parent_key else "at the top level"
             return (f"unknown key {key!r} in override {line!r}; valid {where}: {', '.join(map(str, parent))} "
                     f"(prefix + to add a new key)")
-    message = _first_line(exc)
+    message = first_line(exc)
     if cause is not exc:
-        message += " " + _first_line(cause)
+        message += " " + first_line(cause)
     return f"cannot apply the overrides {' '.join(overrides)}: {message}"
 
 

@@ -33,3 +33,9 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signal_name: str):
         self.signal_name = signal_name
         super().__init__(signal_name)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from logitlab.config import data_file, dataset_config, under_root, variant
-from logitlab.errors import RunFailed, UserError
+from logitlab.errors import RunFailed, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _fail(stage: str, exc: BaseException, exit_code: int) -> None:
     """One line for the user; in a sweep, the job is recorded as failed and the sweep goes on."""
     from logitlab.tracking import redact_text
 
-    message = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    message = redact_text(first_line(exc))
     print(f"logitlab {stage}: error: {message}", file=sys.stderr)
     multirun, num, overrides, _ = _job()
     if not multirun:

@@ -46,13 +46,6 @@ def config_root(config: DictConfig) -> Path:
     raise RuntimeError("no primary config directory in hydra.runtime.config_sources")
 
 
-def _write(path: Path, payload: Any) -> None:
-    from logitlab.data import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-
-
 def read_sweep(sweep_dir: Path) -> dict[str, Any] | None:
     path = sweep_dir / SWEEP_FILE
     return json.loads(path.read_text()) if path.is_file() else None
@@ -61,7 +54,9 @@ def read_sweep(sweep_dir: Path) -> dict[str, Any] | None:
 def record_failure(sweep_dir: Path, num: int, overrides: list[str], message: str) -> None:
     """One failed job of the sweep running in `sweep_dir` (read by MlflowSweep.on_multirun_end)."""
     info = read_sweep(sweep_dir) or {}
-    _write(sweep_dir / FAILED_DIR / f"{num}.json",
+    from logitlab.tracking import write_json
+
+    write_json(sweep_dir / FAILED_DIR / f"{num}.json",
            {"sweep_id": info.get("sweep_id"), "num": num, "overrides": overrides, "error": message})
 
 
@@ -109,7 +104,7 @@ class MlflowSweep(Callback):
                                          run_name=f"sweep-{sweep_id}", tags=tags)
             info["parent_run_id"] = parent.info.run_id
             log.info("sweep %s: parent run %s (%s)", sweep_id, parent.info.run_id, tracking.runs_link(experiment_id))
-        _write(sweep_dir / SWEEP_FILE, info)
+        tracking.write_json(sweep_dir / SWEEP_FILE, info)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()

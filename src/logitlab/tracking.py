@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from logitlab.errors import Diverged, Interrupted, StoreUnavailable
+from logitlab.errors import Diverged, Interrupted, StoreUnavailable, first_line
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def store_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
                 log.warning("tracking store busy (%s), retry %d of %d in %.1fs", what, attempt + 1, retries, delay)
                 time.sleep(delay)
                 continue
-            first = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            first = redact_text(first_line(exc))
             tries = f" after {attempt + 1} attempts" if attempt else ""
             raise StoreUnavailable(f"tracking store {redact(mlflow.get_tracking_uri())} failed to {what}{tries}: "
                                    f"{first[:300]}") from exc
@@ -207,13 +207,17 @@ def runs_link(experiment_id: str) -> str:
 # --------------------------------------------------------------------------- run files
 
 
-def write_run_file(run_dir: Path, info: Mapping[str, Any]) -> Path:
+def write_json(path: Path, payload: Any) -> Path:
+    """`payload` as indented JSON, written atomically (the run file, a sweep's bookkeeping)."""
     from logitlab.data import atomic_path
 
-    path = run_dir / RUN_FILE
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(dict(info), indent=2) + "\n")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def write_run_file(run_dir: Path, info: Mapping[str, Any]) -> Path:
+    return write_json(run_dir / RUN_FILE, dict(info))
 
 
 def read_run_file(run_dir: Path, stage_hint: str) -> dict[str, Any]:
