@@ -56,6 +56,8 @@ def test_batch_size_falls_back_to_the_dataset():
         ("trainer.name=sgd_loop", "unknown trainer 'sgd_loop'; valid: fit, gradient_tape"),
         ("trainer.steps_per_execution=0", "trainer.steps_per_execution must be a positive whole number"),
         ("trainer.epochs=0", "trainer.epochs must be a positive whole number, got 0"),
+        ("trainer.jit_compile=sometimes", "trainer.jit_compile must be one of auto, true, false; got 'sometimes'"),
+        ("trainer.jit_compile=1", "trainer.jit_compile must be one of auto, true, false; got 1"),
         ("trainer.epochs=-3", "trainer.epochs must be a positive whole number, got -3"),
         ("trainer.batch_size=0", "trainer.batch_size must be a positive whole number, got 0"),
         ("optimizer.lr=-0.1", "optimizer.lr must be a positive number, got -0.1"),

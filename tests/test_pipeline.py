@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import (PYTHON, ROOT, app, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, subprocess_env,
+from helpers import (PYTHON, app, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, subprocess_env,
                      tiny_blobs)
 from logitlab import data
 
@@ -62,7 +62,7 @@ def leftovers(tmp_path):
         ("train", ["model.head=[softmax"], "malformed override 'model.head=[softmax': no viable alternative at input "
                                            "'[softmax'; see https://hydra.cc/docs/advanced/override_grammar/basic/"),
         ("train", ["trainer.epochz=3"], "unknown key 'trainer.epochz' in override 'trainer.epochz=3'; valid under trainer: "
-                                        "name, epochs, batch_size, validation_split, steps_per_execution, shuffle_buffer, "
+                                        "name, epochs, batch_size, validation_split, steps_per_execution, jit_compile, shuffle_buffer, "
                                         "log_every_n_steps, max_loss, verbose (prefix + to add a new key)"),
         ("train", ["-m", "trainer=fit,tape"], "unknown trainer 'tape' in override 'trainer=fit,tape'; valid: fit, gradient_tape"),
         ("evaluate", ["hydra/launcher=paralel"], "unknown launcher 'paralel' in override 'hydra/launcher=paralel'; valid: "

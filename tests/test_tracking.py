@@ -52,6 +52,8 @@ def test_every_epoch_metric_is_logged_per_epoch(trained):
     losses = [m.value for m in trained.client.get_metric_history(trained.run_id, "loss")]
     assert losses[-1] < losses[0]
     assert trained.last["loss"] == pytest.approx(losses[-1]), "train returns the last epoch's metrics"
+    [seconds] = trained.client.get_metric_history(trained.run_id, "train_seconds")
+    assert 0 < seconds.value < 120, "the training's own time, for sweeps to weigh their overhead against"
 
 
 def test_config_is_logged_as_params_with_dataset_and_head_tags(trained):

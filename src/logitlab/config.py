@@ -119,6 +119,9 @@ def validate_training(cfg: DictConfig) -> None:
     for key in TRAINER_SETTINGS[cfg.trainer.name]:
         positive_int(cfg.trainer[key], f"trainer.{key}")
     fraction(cfg.trainer.validation_split, "trainer.validation_split", low_inclusive=True)
+    jit = cfg.trainer.get("jit_compile", "auto")  # fit: XLA for every step, none, or where it gains
+    if cfg.trainer.name == "fit" and not (isinstance(jit, bool) or jit == "auto"):
+        raise UserError(f"trainer.jit_compile must be one of auto, true, false; got {jit!r}")
     if cfg.trainer.max_loss is not None:
         positive_float(cfg.trainer.max_loss, "trainer.max_loss")
     positive_float(cfg.optimizer.lr, "optimizer.lr")

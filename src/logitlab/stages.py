@@ -97,16 +97,21 @@ def train(cfg: DictConfig, root: Path) -> float:
     run_dir = _run_dir(cfg, root, job_dir)
     _, last = run(cfg, root, run_dir, run_name=f"{name}-{num}" if multirun else name, tags=tags, parent_run_id=parent)
     if cfg.evaluate.after_train:
-        evaluate(cfg, root)
+        _evaluate(cfg, root)  # the store is open, its stale runs reaped
     return float(last.get("val_loss", last["loss"]))
 
 
 def evaluate(cfg: DictConfig, root: Path) -> None:
     """Evaluate the model in run_dir on its test set, into the run that trained it."""
-    from logitlab.evaluation import evaluate as run
     from logitlab.tracking import open_store
 
     open_store(cfg.tracking, root, "the evaluate stage")
+    _evaluate(cfg, root)
+
+
+def _evaluate(cfg: DictConfig, root: Path) -> None:
+    from logitlab.evaluation import evaluate as run
+
     run_dir = _run_dir(cfg, root, _job()[3])
     metrics = under_root(root, cfg.metrics_file) if cfg.metrics_file else run_dir / "metrics.json"
     predictions = under_root(root, cfg.predictions_file) if cfg.predictions_file else run_dir / "predictions.json"

@@ -112,8 +112,46 @@ def store_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     raise AssertionError("unreachable")
 
 
+class MetricsLog:
+    """A run's metrics, sent without waiting for the store (MLflow's async logging: training goes on
+    while a background thread writes), and every write checked by `flush`: a failed write is sent
+    again synchronously with store_call's bounded retries, so a metric never vanishes silently (as
+    with mlflow.keras.MlflowCallback) and a store that stays down fails the run."""
+
+    def __init__(self, run_id: str) -> None:
+        import mlflow
+
+        self.run_id = run_id
+        self._client = mlflow.MlflowClient()
+        self._pending: list[tuple[str, list[Any], Any]] = []
+
+    def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.log_batch(f"log step {step} metrics", [Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_batch(self, what: str, metrics: list[Any]) -> None:
+        operations = store_call(what, self._client.log_batch, self.run_id, metrics=metrics, synchronous=False)
+        self._pending.append((what, metrics, operations))
+
+    def flush(self) -> None:
+        """Wait for every write sent so far; resend the failed ones synchronously."""
+        from mlflow.exceptions import MlflowException
+
+        pending, self._pending = self._pending, []
+        for what, metrics, operations in pending:
+            try:
+                operations.wait()
+            except MlflowException as exc:
+                log.warning("tracking store: async write failed (%s): %s; writing again",
+                            what, redact_text(first_line(exc))[:300])
+                store_call(what, self._client.log_batch, self.run_id, metrics=metrics)
+
+
 def setup(tracking: Mapping[str, Any], root: Path) -> str:
-    """Point MLflow at the project's store and experiment; returns the experiment id."""
+    """Point MLflow at the project's store and experiment; returns the experiment id. The store is
+    asked once per process (and again when another store or experiment was set up meanwhile)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -131,6 +169,8 @@ def setup(tracking: Mapping[str, Any], root: Path) -> str:
     if redact(uri) != uri:  # MLflow prints "View run at <tracking URI>/...", credentials included
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     name = tracking["experiment"]
+    if _active.get("experiment") == (uri, name):  # a later job of a sweep, or evaluate after train
+        return _active["experiment_id"]
     with _first_use_lock(uri):
         experiment = store_call("open experiment " + repr(name), mlflow.get_experiment_by_name, name)
         if experiment is None:
@@ -146,7 +186,13 @@ def setup(tracking: Mapping[str, Any], root: Path) -> str:
                     raise
             experiment = store_call("open experiment " + repr(name), mlflow.get_experiment_by_name, name)
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    _active.update(experiment=(uri, name), experiment_id=experiment.experiment_id)
     return experiment.experiment_id
+
+
+# The store and experiment `setup` made active in this process: each job of an in-process sweep
+# (and evaluate after train) would otherwise ask the store for the experiment again.
+_active: dict[str, Any] = {}
 
 
 @contextlib.contextmanager

@@ -39,14 +39,6 @@ def task_labels(y: np.ndarray, task: str, positive_class: int) -> np.ndarray:
     return y
 
 
-def log_epoch(epoch: int, logs: Mapping[str, float]) -> None:
-    """Synchronous and unguarded on purpose: a metric that cannot be logged (after the store's bounded
-    retries) fails the run instead of vanishing (mlflow.keras.MlflowCallback swallows such errors)."""
-    tracking.check_interrupted()
-    tracking.store_call(f"log epoch {epoch} metrics", mlflow.log_metrics,
-                        {k: float(v) for k, v in logs.items()}, step=epoch)
-
-
 def diverged(epoch: int, logs: Mapping[str, float], max_loss: float | None) -> Diverged | None:
     """A Diverged for the first loss of an epoch's logs that is NaN, infinite or above `max_loss`
     (epochs counted from 1)."""
@@ -60,31 +52,41 @@ def diverged(epoch: int, logs: Mapping[str, float], max_loss: float | None) -> D
 
 
 class EpochMetrics(keras.callbacks.Callback):
-    """Each epoch's `loss`, `accuracy`, `val_loss`, `val_accuracy` to the active MLflow run; a
-    diverged loss stops training and is kept in `diverged` (checked per epoch: no step pays for it)."""
+    """Each epoch's `loss`, `accuracy`, `val_loss`, `val_accuracy` to the run (through `metrics`; None:
+    not logged); a diverged loss stops training and is kept in `diverged` (checked per epoch: no step
+    pays for it). A SIGTERM or Ctrl-C that Python dropped is raised here (tracking.check_interrupted)."""
 
-    def __init__(self, max_loss: float | None) -> None:
+    def __init__(self, max_loss: float | None, metrics: tracking.MetricsLog | None) -> None:
         super().__init__()
         self.max_loss = max_loss
+        self.metrics = metrics
         self.diverged: Diverged | None = None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        tracking.check_interrupted()
         if logs:
-            log_epoch(epoch, logs)
+            if self.metrics:
+                self.metrics.log(logs, step=epoch)
             self.diverged = diverged(epoch, logs, self.max_loss)
             if self.diverged:
                 self.model.stop_training = True
 
 
-def fit_keras(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig) -> dict[str, float]:
-    """Keras `fit`; raises Diverged after the first epoch whose loss diverged."""
-    epochs = EpochMetrics(cfg.trainer.max_loss)
-    history = model.fit(
-        x, y,
+def fit_compiled(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig,
+                 metrics: tracking.MetricsLog | None) -> dict[str, float]:
+    """Keras fit's contract with the epochs in graph functions (`logitlab.compiled`); raises Diverged
+    after the first epoch whose loss diverged."""
+    from logitlab import compiled
+
+    epochs = EpochMetrics(cfg.trainer.max_loss, metrics)
+    history = compiled.fit(
+        model, x, y,
         batch_size=batch_size(cfg),
         epochs=cfg.trainer.epochs,
         validation_split=cfg.trainer.validation_split,
-        shuffle=True,
+        seed=cfg.seed,
+        steps_per_execution=cfg.trainer.steps_per_execution,
+        jit_compile=cfg.trainer.jit_compile,
         verbose=cfg.trainer.verbose,
         callbacks=[epochs],
     )
@@ -93,15 +95,19 @@ def fit_keras(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig)
     return {k: float(v[-1]) for k, v in history.history.items()}
 
 
-def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig) -> dict[str, float]:
+def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig,
+                      metrics: tracking.MetricsLog | None) -> dict[str, float]:
     """The reference notebook's loop, on the model's compiled loss and optimizer; raises Diverged after
     the first epoch whose loss diverged."""
     import tensorflow as tf
     from mlflow.entities import Metric
 
+    from logitlab.compiled import training_examples
+
     trainer = cfg.trainer
-    n_val = int(len(x) * trainer.validation_split)  # the last fraction, as Keras's validation_split
-    x_train, y_train = x[: len(x) - n_val], y[: len(y) - n_val]
+    n_train = training_examples(len(x), trainer.validation_split)  # the last fraction is validation, as in Keras
+    n_val = len(x) - n_train
+    x_train, y_train = x[:n_train], y[:n_train]
     dataset = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
         .shuffle(trainer.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
@@ -123,7 +129,6 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Dic
         mean_loss.update_state(loss, sample_weight=tf.shape(xb)[0])  # weighted by batch size, as fit does
         return loss
 
-    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
     step = 0
     for epoch in range(trainer.epochs):
         start = time.perf_counter()
@@ -141,9 +146,11 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Dic
         if n_val:
             val = model.evaluate(x[-n_val:], y[-n_val:], batch_size=batch_size(cfg), verbose=0, return_dict=True)
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        if step_metrics:  # one call per epoch, not one per step
-            tracking.store_call(f"log epoch {epoch} step metrics", client.log_batch, run_id, metrics=step_metrics)
-        log_epoch(epoch, logs)
+        tracking.check_interrupted()
+        if metrics:
+            if step_metrics:  # one call per epoch, not one per step
+                metrics.log_batch(f"log epoch {epoch} step metrics", step_metrics)
+            metrics.log(logs, step=epoch)
         failure = diverged(epoch, logs, trainer.max_loss)
         if failure:
             raise failure
@@ -153,7 +160,7 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Dic
     return logs
 
 
-TRAINERS = {"fit": fit_keras, "gradient_tape": fit_gradient_tape}
+TRAINERS = {"fit": fit_compiled, "gradient_tape": fit_gradient_tape}
 
 
 def save_model(model: keras.Model, run_dir: Path) -> Path:
@@ -163,14 +170,8 @@ def save_model(model: keras.Model, run_dir: Path) -> Path:
     return target
 
 
-def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mapping[str, str] | None = None,
-          parent_run_id: str | None = None) -> tuple[str, dict[str, float]]:
-    """Train `cfg.model.head` on `cfg.dataset` for `cfg.task`; write model.keras and run.json to `run_dir`.
-
-    The run is tagged with what identifies its variant (dataset, task, head, trainer), plus `tags`,
-    and nested under `parent_run_id` (a sweep's run) if given. Returns the run id and the last
-    epoch's metrics.
-    A diverged loss ends the run FAILED and writes neither model nor run.json."""
+def prepare(cfg: DictConfig, root: Path) -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """The compiled model of `cfg`, seeded, and its training examples and labels for `cfg.task`."""
     validate_training(cfg)
     ds = dataset_config(cfg)
     data = load_processed(data_file(cfg, root, "processed"), cfg.dataset)
@@ -184,7 +185,26 @@ def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mappi
     head = cfg.model.head
     model = build_model(x.shape[1], ds.num_classes, list(cfg.model.layers), head, cfg.model.activation, cfg.task)
     compile_model(model, head, cfg.optimizer.lr, cfg.trainer.steps_per_execution, cfg.task)
+    return model, x, y
 
+
+def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConfig,
+        metrics: tracking.MetricsLog | None = None) -> dict[str, float]:
+    """Train with `cfg.trainer`; each epoch's metrics go to `metrics` (None: nowhere). Returns the last
+    epoch's metrics; raises Diverged after an epoch whose loss diverged."""
+    return TRAINERS[cfg.trainer.name](model, x, y, cfg, metrics)
+
+
+def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mapping[str, str] | None = None,
+          parent_run_id: str | None = None) -> tuple[str, dict[str, float]]:
+    """Train `cfg.model.head` on `cfg.dataset` for `cfg.task`; write model.keras and run.json to `run_dir`.
+
+    The run is tagged with what identifies its variant (dataset, task, head, trainer), plus `tags`,
+    and nested under `parent_run_id` (a sweep's run) if given. Besides each epoch's metrics it gets
+    `train_seconds`, the time of the training itself. Returns the run id and the last epoch's metrics.
+    A diverged loss ends the run FAILED and writes neither model nor run.json."""
+    model, x, y = prepare(cfg, root)
+    head = cfg.model.head
     identity = {"dataset": cfg.dataset, "task": cfg.task, "head": head, "trainer": cfg.trainer.name,
                 "logitlab.variant": variant(cfg)}
     with tracking.tracked_run(cfg.tracking, root, found_by="train", run_name=run_name,
@@ -192,7 +212,15 @@ def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mappi
         tracking.store_call("log params", mlflow.log_params, run_params(cfg))
         log.info("training %s: %s head, %s %s, %s trainer, %d examples, run %s", run_name, head, cfg.dataset,
                  cfg.task, cfg.trainer.name, len(x), run.info.run_id)
-        last = TRAINERS[cfg.trainer.name](model, x, y, cfg)
+        metrics = tracking.MetricsLog(run.info.run_id)
+        start = time.perf_counter()
+        try:
+            last = fit(model, x, y, cfg, metrics)
+        except BaseException:
+            _flush_after_error(metrics)  # the epochs before the failure still reach the run
+            raise
+        metrics.log({"train_seconds": time.perf_counter() - start})
+        metrics.flush()
         run_dir.mkdir(parents=True, exist_ok=True)
         tracking.store_call("log the model", mlflow.log_artifact, str(save_model(model, run_dir)))
         tracking.write_run_file(run_dir, {
@@ -201,3 +229,11 @@ def train(cfg: DictConfig, root: Path, run_dir: Path, run_name: str, tags: Mappi
         })
     log.info("run %s: %s", run.info.run_id, tracking.runs_link(run.info.experiment_id))
     return run.info.run_id, last
+
+
+def _flush_after_error(metrics: tracking.MetricsLog) -> None:
+    """Flush while another exception is on its way: a store failing now is logged, not raised over it."""
+    try:
+        metrics.flush()
+    except (tracking.StoreUnavailable, KeyboardInterrupt) as exc:
+        log.error("could not log the last metrics: %s", exc)

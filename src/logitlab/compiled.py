@@ -1,0 +1,144 @@
+"""Keras `fit` for in-memory arrays, its epochs run in graph functions: logitlab's `fit` trainer.
+
+Same contract as `model.fit(x, y, batch_size, epochs, validation_split, shuffle=True, callbacks,
+verbose)` on a compiled model: the model's own `train_step` and `test_step` (its loss, optimizer
+and metrics), the last `validation_split` of the examples held out, the training part shuffled
+every epoch, a final partial batch, one optimizer step per batch, the metrics reset each epoch,
+`val_` metrics after each epoch, Keras callbacks and progress bar, `stop_training`, a History.
+
+Why not `model.fit` itself: for an array input it builds a tf.data pipeline, makes two iterators per
+epoch (~9 ms each on this machine) and feeds each batch through tf.data. For a small model that is
+most of an epoch: the blobs model's epoch takes ~70 ms in default `fit`, ~8 ms here. Here the
+arrays are copied once into float32 tensors, each batch is a `tf.gather` of a shuffled index
+inside the graph, and a `tf.range` loop runs `steps_per_execution` steps per call (the progress
+bar and Ctrl-C are served between calls). With `jit_compile` each step is one XLA cluster: the
+784-256 model's steps get ~30% faster, the small models' slower (see `jit_enabled`).
+`benchmarks/bench.py` measures all of it against default `fit`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# XLA compiles each step into one cluster: worth it once a step's arithmetic outweighs the cluster's
+# launch cost. Measured here (benchmarks/bench.py, levers): 784-256-10 at batch 64 (~300 MFLOP per
+# step) gains ~30%; 25-15-10 at batch 32 (~4 MFLOP) and blobs (~0.1 MFLOP) lose 10-20%.
+JIT_AUTO_MIN_FLOPS_PER_STEP = 50e6
+
+
+def dense_flops(model: keras.Model) -> int:
+    """Forward-pass FLOPs per example of the model's Dense layers: 2 per weight of each kernel
+    (a multiply and an add), biases and activations left out. A training step costs ~3x this per
+    example (forward, then gradients of inputs and weights)."""
+    return sum(2 * int(np.prod(layer.kernel.shape)) for layer in model.layers
+               if isinstance(layer, keras.layers.Dense))
+
+
+def jit_enabled(setting: bool | str, model: keras.Model, batch_size: int) -> bool:
+    """`trainer.jit_compile`: true, false, or auto (XLA when a training step costs at least
+    JIT_AUTO_MIN_FLOPS_PER_STEP)."""
+    if setting == "auto":
+        return 3 * dense_flops(model) * batch_size >= JIT_AUTO_MIN_FLOPS_PER_STEP
+    return bool(setting)
+
+
+def training_examples(n: int, validation_split: float) -> int:
+    """How many of n examples Keras's validation_split leaves for training (the first ones)."""
+    return int(math.floor(n * (1.0 - validation_split)))
+
+
+class _Steps:
+    """The graph functions: `steps_per_execution` training steps per call, and a whole validation pass."""
+
+    def __init__(self, model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: int, jit_compile: bool) -> None:
+        self.x, self.y, self.batch = x, y, batch_size
+        self.n = int(x.shape[0])
+        self.train_step = tf.function(lambda xb, yb: model.train_step((xb, yb)), jit_compile=jit_compile)
+        self.test_step = tf.function(lambda xb, yb: model.test_step((xb, yb)), jit_compile=jit_compile)
+        self.train = tf.function(self._train)
+        self.test = tf.function(self._test)
+
+    def _train(self, order: tf.Tensor, first: tf.Tensor, last: tf.Tensor) -> None:
+        """Steps first..last-1 of an epoch; step i trains on order[i*batch:(i+1)*batch] (the last one
+        on what is left)."""
+        for i in tf.range(first, last):
+            index = order[i * self.batch:(i + 1) * self.batch]
+            self.train_step(tf.gather(self.x, index), tf.gather(self.y, index))
+
+    def _test(self, x: tf.Tensor, y: tf.Tensor) -> None:
+        for i in tf.range((tf.shape(x)[0] + self.batch - 1) // self.batch):
+            self.test_step(x[i * self.batch:(i + 1) * self.batch], y[i * self.batch:(i + 1) * self.batch])
+
+
+def _results(model: keras.Model, prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in model.get_metrics_result().items()}
+
+
+def fit(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    epochs: int,
+    validation_split: float = 0.0,
+    shuffle: bool = True,
+    seed: int = 0,
+    steps_per_execution: int = 32,
+    jit_compile: bool | str = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 2,
+) -> keras.callbacks.History:
+    """Train the compiled `model` on (x, y) as `model.fit` would (see the module's docstring).
+
+    The shuffle of epoch e is a stateless permutation seeded by (seed, e): the same seed trains the
+    same way, whatever ran before in the process. Without `shuffle`, the examples go in order."""
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+    n_train = training_examples(len(x), validation_split)
+    n_val = len(x) - n_train
+    if n_train < 1:
+        raise ValueError(f"no training examples left: {len(x)} examples, validation_split={validation_split}")
+    x_train = tf.constant(np.asarray(x[:n_train], dtype=np.float32))
+    y_train = tf.constant(y[:n_train])
+    x_val = tf.constant(np.asarray(x[n_train:], dtype=np.float32)) if n_val else None
+    y_val = tf.constant(y[n_train:]) if n_val else None
+    steps = math.ceil(n_train / batch_size)
+    functions = _Steps(model, x_train, y_train, batch_size, jit_enabled(jit_compile, model, batch_size))
+    model.optimizer.build(model.trainable_variables)  # its variables exist before any graph is traced
+
+    history = keras.callbacks.History()
+    callback_list = keras.callbacks.CallbackList(
+        [*callbacks, history], add_progbar=verbose != 0, verbose=verbose, epochs=epochs, steps=steps, model=model)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    epoch_logs: dict[str, float] = {}
+    for epoch in range(epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        order = (tf.random.experimental.stateless_shuffle(tf.range(n_train), seed=[seed, epoch]) if shuffle
+                 else tf.range(n_train))
+        for first in range(0, steps, steps_per_execution):
+            last = min(first + steps_per_execution, steps)
+            callback_list.on_train_batch_begin(first)
+            functions.train(order, tf.constant(first), tf.constant(last))
+            callback_list.on_train_batch_end(last - 1, _results(model) if verbose == 1 else None)
+            if model.stop_training:
+                break
+        epoch_logs = _results(model)
+        if n_val:
+            model.reset_metrics()
+            functions.test(x_val, y_val)
+            epoch_logs.update(_results(model, "val_"))
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    if epochs > 0:
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+    callback_list.on_train_end(epoch_logs)
+    return history

@@ -1,0 +1,186 @@
+"""logitlab's `fit` trainer (logitlab.compiled) keeps Keras fit's contract: the same steps, metrics,
+validation, callbacks and results, only faster. And the metrics it reports reach the store."""
+
+import keras
+import numpy as np
+import pytest
+
+from logitlab import compiled, tracking
+from logitlab.models import build_model, compile_model
+
+N, FEATURES, CLASSES, BATCH = 103, 6, 3, 16  # 103 examples: a partial last batch, with or without validation
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, FEATURES)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+    return x, y
+
+
+def new_model(seed=0, head="logit"):
+    keras.utils.set_random_seed(seed)
+    return compile_model(build_model(FEATURES, CLASSES, [8, 5], head), head, lr=0.01)
+
+
+def weights(model):
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("head", ["logit", "softmax_strict"])
+def test_without_shuffling_it_trains_as_keras_fit_does(data, jit, head):
+    """Same examples in the same order: the same steps, the same epoch metrics, the same weights."""
+    x, y = data
+    reference = new_model(head=head)
+    expected = reference.fit(x, y, batch_size=BATCH, epochs=3, validation_split=0.2, shuffle=False, verbose=0).history
+    model = new_model(head=head)
+    history = compiled.fit(model, x, y, batch_size=BATCH, epochs=3, validation_split=0.2, shuffle=False,
+                           steps_per_execution=2, jit_compile=jit, verbose=0).history
+    assert sorted(history) == sorted(expected) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    for key in expected:
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    steps = 3 * 6  # 82 training examples (Keras rounds the split this way): 6 batches, the last of 10
+    assert int(model.optimizer.iterations) == int(reference.optimizer.iterations) == steps
+    for ours, theirs in zip(weights(model), weights(reference)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_the_shuffle_is_set_by_the_seed(data):
+    x, y = data
+    runs = {}
+    for name, seed in (("a", 0), ("again", 0), ("other", 1)):
+        model = new_model()
+        compiled.fit(model, x, y, batch_size=BATCH, epochs=2, seed=seed, verbose=0)
+        runs[name] = weights(model)
+    assert all(np.array_equal(a, b) for a, b in zip(runs["a"], runs["again"]))
+    assert not all(np.array_equal(a, b) for a, b in zip(runs["a"], runs["other"]))
+
+
+def test_steps_per_execution_changes_calls_not_results(data):
+    x, y = data
+
+    class Calls(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(batch)
+
+    results = {}
+    for spe in (1, 4, 1000):
+        model, calls = new_model(), Calls()
+        history = compiled.fit(model, x, y, batch_size=BATCH, epochs=1, steps_per_execution=spe, callbacks=[calls],
+                               verbose=0)
+        results[spe] = (history.history["loss"], weights(model), calls.ends)
+    assert results[1][2] == [0, 1, 2, 3, 4, 5, 6], "7 steps (103 examples), one call each"
+    assert results[4][2] == [3, 6] and results[1000][2] == [6], "Keras's convention: the last step of each call"
+    for spe in (4, 1000):
+        np.testing.assert_allclose(results[spe][0], results[1][0], rtol=1e-6)
+        for a, b in zip(results[spe][1], results[1][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_callbacks_can_stop_training_and_history_has_what_ran(data):
+    x, y = data
+
+    class StopAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    model = new_model()
+    history = compiled.fit(model, x, y, batch_size=BATCH, epochs=5, callbacks=[StopAfterSecondEpoch()], verbose=0)
+    assert history.epoch == [0, 1]
+    assert sorted(history.history) == ["accuracy", "loss"], "no validation split, no val_ metrics"
+    assert int(model.optimizer.iterations) == 2 * 7
+
+
+def test_binary_labels_and_keras_progress_output(data, capsys):
+    x, y = data
+    keras.utils.set_random_seed(0)
+    model = compile_model(build_model(FEATURES, CLASSES, [8], "sigmoid", task="binary"), "sigmoid", 0.01, task="binary")
+    labels = (y == 0).astype(np.float32).reshape(-1, 1)
+    history = compiled.fit(model, x, labels, batch_size=BATCH, epochs=2, validation_split=0.1, verbose=2)
+    assert 0.0 <= history.history["val_accuracy"][-1] <= 1.0
+    out = capsys.readouterr().out
+    assert "Epoch 2/2" in out and "val_loss" in out, out
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_validation_split_outside_0_1_is_refused(data, bad):
+    with pytest.raises(ValueError, match="validation_split"):
+        compiled.fit(new_model(), *data, batch_size=BATCH, epochs=1, validation_split=bad, verbose=0)
+
+
+def test_xla_is_automatic_for_big_steps_only():
+    small = build_model(2, 4, [25, 15], "logit")
+    big = build_model(784, 10, [784, 256], "logit")
+    assert compiled.dense_flops(small) == 2 * (2 * 25 + 25 * 15 + 15 * 4)
+    assert not compiled.jit_enabled("auto", small, 32)
+    assert compiled.jit_enabled("auto", big, 64)
+    assert compiled.jit_enabled(True, small, 32) and not compiled.jit_enabled(False, big, 64)
+
+
+# --------------------------------------------------------------------------- metrics to the store
+
+
+@pytest.fixture
+def run(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.setup({"uri": uri, "experiment": "logitlab", "retries": 1, "backoff_s": 0.01, "timeout_s": 5}, tmp_path)
+    with mlflow.start_run() as active:
+        yield mlflow.MlflowClient(uri), active.info.run_id
+
+
+def test_metrics_sent_without_waiting_are_all_in_the_store_after_flush(run):
+    client, run_id = run
+    metrics = tracking.MetricsLog(run_id)
+    for epoch in range(5):
+        metrics.log({"loss": 1.0 / (epoch + 1), "accuracy": epoch / 5}, step=epoch)
+    metrics.flush()
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1, 2, 3, 4]
+    assert [m.value for m in client.get_metric_history(run_id, "accuracy")] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
+
+
+class _FailedWrite:
+    def wait(self):
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException("database is locked")
+
+
+def test_a_failed_background_write_is_sent_again(run, monkeypatch):
+    client, run_id = run
+    metrics = tracking.MetricsLog(run_id)
+    real = metrics._client.log_batch
+    calls = []
+
+    def flaky(run_id, metrics=(), synchronous=None):
+        calls.append(synchronous)
+        return _FailedWrite() if synchronous is False else real(run_id, metrics=metrics)
+
+    monkeypatch.setattr(metrics._client, "log_batch", flaky)
+    metrics.log({"loss": 0.5}, step=0)
+    metrics.flush()
+    assert calls == [False, None], "sent in the background, then again synchronously"
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.5]
+
+
+def test_a_store_that_stays_down_fails_the_flush(run, monkeypatch):
+    _, run_id = run
+    metrics = tracking.MetricsLog(run_id)
+
+    def down(run_id, metrics=(), synchronous=None):
+        if synchronous is False:
+            return _FailedWrite()
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(metrics._client, "log_batch", down)
+    metrics.log({"loss": 0.5}, step=3)
+    with pytest.raises(tracking.StoreUnavailable, match="failed to log step 3 metrics: connection refused"):
+        metrics.flush()
