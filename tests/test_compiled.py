@@ -139,7 +139,7 @@ def run(tmp_path):
 
 def test_metrics_sent_without_waiting_are_all_in_the_store_after_flush(run):
     client, run_id = run
-    metrics = tracking.MetricsLog(run_id)
+    metrics = tracking.RunLog(run_id)
     for epoch in range(5):
         metrics.log({"loss": 1.0 / (epoch + 1), "accuracy": epoch / 5}, step=epoch)
     metrics.flush()
@@ -156,13 +156,13 @@ class _FailedWrite:
 
 def test_a_failed_background_write_is_sent_again(run, monkeypatch):
     client, run_id = run
-    metrics = tracking.MetricsLog(run_id)
+    metrics = tracking.RunLog(run_id)
     real = metrics._client.log_batch
     calls = []
 
-    def flaky(run_id, metrics=(), synchronous=None):
+    def flaky(run_id, metrics=(), params=(), synchronous=None):
         calls.append(synchronous)
-        return _FailedWrite() if synchronous is False else real(run_id, metrics=metrics)
+        return _FailedWrite() if synchronous is False else real(run_id, metrics=metrics, params=params)
 
     monkeypatch.setattr(metrics._client, "log_batch", flaky)
     metrics.log({"loss": 0.5}, step=0)
@@ -173,9 +173,9 @@ def test_a_failed_background_write_is_sent_again(run, monkeypatch):
 
 def test_a_store_that_stays_down_fails_the_flush(run, monkeypatch):
     _, run_id = run
-    metrics = tracking.MetricsLog(run_id)
+    metrics = tracking.RunLog(run_id)
 
-    def down(run_id, metrics=(), synchronous=None):
+    def down(run_id, metrics=(), params=(), synchronous=None):
         if synchronous is False:
             return _FailedWrite()
         raise OSError("connection refused")
@@ -184,3 +184,17 @@ def test_a_store_that_stays_down_fails_the_flush(run, monkeypatch):
     metrics.log({"loss": 0.5}, step=3)
     with pytest.raises(tracking.StoreUnavailable, match="failed to log step 3 metrics: connection refused"):
         metrics.flush()
+
+
+@pytest.mark.parametrize("head", ["softmax", "softmax_strict", "sigmoid"])
+def test_evaluate_and_forward_give_what_keras_evaluate_and_predict_give(data, head):
+    """The loss still takes the head's own path (the logits of a softmax head, the clipped
+    probabilities of a strict one): the same test_step, the same batches."""
+    from logitlab.models import forward
+
+    x, y = data
+    model = new_model(head=head)
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
+    expected = model.evaluate(x, y, batch_size=BATCH, verbose=0, return_dict=True)
+    assert compiled.evaluate(model, x, y, BATCH) == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_allclose(forward(model, x, BATCH), model.predict(x, batch_size=BATCH, verbose=0), rtol=1e-6)

@@ -52,27 +52,40 @@ def training_examples(n: int, validation_split: float) -> int:
     return int(math.floor(n * (1.0 - validation_split)))
 
 
-class _Steps:
-    """The graph functions: `steps_per_execution` training steps per call, and a whole validation pass."""
+def _test_function(model: keras.Model, batch: int, jit_compile: bool):
+    """`test(x, y)`: the model's test_step over (x, y) in batches, in one graph call."""
+    test_step = tf.function(lambda xb, yb: model.test_step((xb, yb)), jit_compile=jit_compile)
 
-    def __init__(self, model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: int, jit_compile: bool) -> None:
-        self.x, self.y, self.batch = x, y, batch_size
-        self.n = int(x.shape[0])
-        self.train_step = tf.function(lambda xb, yb: model.train_step((xb, yb)), jit_compile=jit_compile)
-        self.test_step = tf.function(lambda xb, yb: model.test_step((xb, yb)), jit_compile=jit_compile)
-        self.train = tf.function(self._train)
-        self.test = tf.function(self._test)
+    @tf.function
+    def test(x: tf.Tensor, y: tf.Tensor) -> None:
+        for i in tf.range((tf.shape(x)[0] + batch - 1) // batch):
+            test_step(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
 
-    def _train(self, order: tf.Tensor, first: tf.Tensor, last: tf.Tensor) -> None:
-        """Steps first..last-1 of an epoch; step i trains on order[i*batch:(i+1)*batch] (the last one
-        on what is left)."""
+    return test
+
+
+def _train_function(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch: int, jit_compile: bool):
+    """`train(order, first, last)`: steps first..last-1 of an epoch, step i on the examples
+    order[i*batch:(i+1)*batch] of (x, y) (the last step on what is left), in one graph call.
+    Closures rather than methods of an object they would be attributes of: no reference cycle of
+    theirs keeps a job's tensors alive until the garbage collector runs."""
+    train_step = tf.function(lambda xb, yb: model.train_step((xb, yb)), jit_compile=jit_compile)
+
+    @tf.function
+    def train(order: tf.Tensor, first: tf.Tensor, last: tf.Tensor) -> None:
         for i in tf.range(first, last):
-            index = order[i * self.batch:(i + 1) * self.batch]
-            self.train_step(tf.gather(self.x, index), tf.gather(self.y, index))
+            index = order[i * batch:(i + 1) * batch]
+            train_step(tf.gather(x, index), tf.gather(y, index))
 
-    def _test(self, x: tf.Tensor, y: tf.Tensor) -> None:
-        for i in tf.range((tf.shape(x)[0] + self.batch - 1) // self.batch):
-            self.test_step(x[i * self.batch:(i + 1) * self.batch], y[i * self.batch:(i + 1) * self.batch])
+    return train
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
+    """`model.evaluate(x, y, batch_size, return_dict=True)`: the same test_step, batches and metrics,
+    without the tf.data pipeline and iterator Keras builds for each call."""
+    model.reset_metrics()
+    _test_function(model, batch_size, jit_compile=False)(tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(y))
+    return _results(model)
 
 
 def _results(model: keras.Model, prefix: str = "") -> dict[str, float]:
@@ -109,7 +122,8 @@ def fit(
     x_val = tf.constant(np.asarray(x[n_train:], dtype=np.float32)) if n_val else None
     y_val = tf.constant(y[n_train:]) if n_val else None
     steps = math.ceil(n_train / batch_size)
-    functions = _Steps(model, x_train, y_train, batch_size, jit_enabled(jit_compile, model, batch_size))
+    jit = jit_enabled(jit_compile, model, batch_size)
+    train, test = _train_function(model, x_train, y_train, batch_size, jit), _test_function(model, batch_size, jit)
     model.optimizer.build(model.trainable_variables)  # its variables exist before any graph is traced
 
     history = keras.callbacks.History()
@@ -126,14 +140,14 @@ def fit(
         for first in range(0, steps, steps_per_execution):
             last = min(first + steps_per_execution, steps)
             callback_list.on_train_batch_begin(first)
-            functions.train(order, tf.constant(first), tf.constant(last))
+            train(order, tf.constant(first), tf.constant(last))
             callback_list.on_train_batch_end(last - 1, _results(model) if verbose == 1 else None)
             if model.stop_training:
                 break
         epoch_logs = _results(model)
         if n_val:
             model.reset_metrics()
-            functions.test(x_val, y_val)
+            test(x_val, y_val)
             epoch_logs.update(_results(model, "val_"))
         callback_list.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:

@@ -3,7 +3,6 @@ probabilities, the numerics that tell the heads apart, and the raw outputs thems
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -14,7 +13,7 @@ from omegaconf import DictConfig
 
 from logitlab import tracking
 from logitlab.config import data_file, positive_int
-from logitlab.data import atomic_path, load_processed
+from logitlab.data import load_processed
 from logitlab.heads import head_spec
 from logitlab.numerics import numerics, predicted_class, probabilities
 
@@ -47,11 +46,6 @@ def examples(outputs: np.ndarray, probs: np.ndarray, labels: np.ndarray, task: s
     ]
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-
-
 def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, predictions_file: Path) -> dict[str, float]:
     """Evaluate the model in `run_dir` on its test set, logging into its training run."""
     import keras
@@ -69,9 +63,12 @@ def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, pre
     y = task_labels(data["y_test"], task, cfg.datasets[dataset].binary.positive_class)
     batch = positive_int(cfg.evaluate.batch_size, "evaluate.batch_size")
 
+    from logitlab import compiled
+    from logitlab.models import forward
+
     model = keras.models.load_model(run_dir / MODEL_FILE)
-    scores = model.evaluate(x, y, batch_size=batch, verbose=0, return_dict=True)
-    outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0))
+    scores = compiled.evaluate(model, x, y, batch)
+    outputs = forward(model, x, batch)
     probs = probabilities(outputs, task, head)
     labels = y.reshape(-1).astype(np.int64)
     metrics = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"]),
@@ -89,8 +86,8 @@ def evaluate(cfg: DictConfig, root: Path, run_dir: Path, metrics_file: Path, pre
         with tempfile.TemporaryDirectory() as tmp:  # raw test outputs, for the report's histograms
             np.savez(Path(tmp) / OUTPUTS_ARTIFACT, outputs=outputs, probabilities=probs, labels=labels)
             mlflow.log_artifact(str(Path(tmp) / OUTPUTS_ARTIFACT))
-    _write_json(metrics_file, metrics)
-    _write_json(predictions_file, predictions)
+    tracking.write_json(metrics_file, metrics)
+    tracking.write_json(predictions_file, predictions)
     log.info("%s test: %s", info.get("run_name", dataset), ", ".join(
         f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max")))
     return metrics

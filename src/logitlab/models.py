@@ -73,10 +73,16 @@ def compile_model(
     return model
 
 
+def forward(model: keras.Model, x: np.ndarray, batch: int) -> np.ndarray:
+    """`model.predict(x, batch_size=batch)`: the same batches through the same layers, called
+    directly (predict builds a tf.data pipeline and traces a graph function each time it is called)."""
+    return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
+                          or [np.zeros((0, *model.output.shape[1:]), np.float32)])
+
+
 def head_inputs(model: keras.Model, x: np.ndarray, batch: int) -> np.ndarray:
     """What the head layer receives: the last hidden layer's activations."""
-    hidden = keras.Model(model.inputs, model.get_layer(HEAD_LAYER).input)
-    return np.asarray(hidden.predict(x, batch_size=batch, verbose=0))
+    return forward(keras.Model(model.inputs, model.get_layer(HEAD_LAYER).input), x, batch)
 
 
 def head_weights(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:

@@ -139,13 +139,13 @@ def numerics(
     """Metrics and tags that tell the heads apart numerically, on a test set (x, y).
 
     `outputs`, the model's predictions on x, when the caller has them already."""
-    from logitlab.models import head_inputs, head_weights
+    from logitlab.models import forward, head_inputs, head_weights
 
     h = head_inputs(model, x, batch)
     kernel, bias = head_weights(model)
     z = (h @ kernel + bias).astype(np.float32)          # the head's logits, whatever its activation
     if outputs is None:
-        outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0))
+        outputs = forward(model, x, batch)
     probs = probabilities(outputs, task, head)
     reference = reference_loss(z, y, task, head)
     metrics: dict[str, float] = {"test_loss_f64": float(reference.mean())}
