@@ -52,11 +52,19 @@ def training_examples(n: int, validation_split: float) -> int:
     return int(math.floor(n * (1.0 - validation_split)))
 
 
+def _graph(fn, jit_compile: bool = False):
+    """tf.function(fn). Each job builds its own, traced once; TF's frequent-retracing warning counts
+    the traces of every function with the same code together, so it would blame a sweep's 5th job."""
+    function = tf.function(fn, jit_compile=jit_compile)
+    function._omit_frequent_tracing_warning = True
+    return function
+
+
 def _test_function(model: keras.Model, batch: int, jit_compile: bool):
     """`test(x, y)`: the model's test_step over (x, y) in batches, in one graph call."""
-    test_step = tf.function(lambda xb, yb: model.test_step((xb, yb)), jit_compile=jit_compile)
+    test_step = _graph(lambda xb, yb: model.test_step((xb, yb)), jit_compile)
 
-    @tf.function
+    @_graph
     def test(x: tf.Tensor, y: tf.Tensor) -> None:
         for i in tf.range((tf.shape(x)[0] + batch - 1) // batch):
             test_step(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
@@ -69,9 +77,9 @@ def _train_function(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch: int, 
     order[i*batch:(i+1)*batch] of (x, y) (the last step on what is left), in one graph call.
     Closures rather than methods of an object they would be attributes of: no reference cycle of
     theirs keeps a job's tensors alive until the garbage collector runs."""
-    train_step = tf.function(lambda xb, yb: model.train_step((xb, yb)), jit_compile=jit_compile)
+    train_step = _graph(lambda xb, yb: model.train_step((xb, yb)), jit_compile)
 
-    @tf.function
+    @_graph
     def train(order: tf.Tensor, first: tf.Tensor, last: tf.Tensor) -> None:
         for i in tf.range(first, last):
             index = order[i * batch:(i + 1) * batch]
@@ -124,7 +132,8 @@ def fit(
     steps = math.ceil(n_train / batch_size)
     jit = jit_enabled(jit_compile, model, batch_size)
     train, test = _train_function(model, x_train, y_train, batch_size, jit), _test_function(model, batch_size, jit)
-    model.optimizer.build(model.trainable_variables)  # its variables exist before any graph is traced
+    if not model.optimizer.built:  # its variables exist before any graph is traced
+        model.optimizer.build(model.trainable_variables)
 
     history = keras.callbacks.History()
     callback_list = keras.callbacks.CallbackList(

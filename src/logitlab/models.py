@@ -82,7 +82,7 @@ def forward(model: keras.Model, x: np.ndarray, batch: int) -> np.ndarray:
 
 def head_inputs(model: keras.Model, x: np.ndarray, batch: int) -> np.ndarray:
     """What the head layer receives: the last hidden layer's activations."""
-    return forward(keras.Model(model.inputs, model.get_layer(HEAD_LAYER).input), x, batch)
+    return forward(keras.Model(model.inputs[0], model.get_layer(HEAD_LAYER).input), x, batch)
 
 
 def head_weights(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
