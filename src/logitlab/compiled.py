@@ -27,7 +27,7 @@ import tensorflow as tf
 
 # XLA compiles each step into one cluster: worth it once a step's arithmetic outweighs the cluster's
 # launch cost. Measured here (benchmarks/bench.py, levers): 784-256-10 at batch 64 (~300 MFLOP per
-# step) gains ~30%; 25-15-10 at batch 32 (~4 MFLOP) and blobs (~0.1 MFLOP) lose 10-20%.
+# step) gains ~30%; 25-15-10 at batch 32 (~4 MFLOP) loses ~20%, blobs (~0.1 MFLOP) more.
 JIT_AUTO_MIN_FLOPS_PER_STEP = 50e6
 
 
@@ -74,9 +74,7 @@ def _test_function(model: keras.Model, batch: int, jit_compile: bool):
 
 def _train_function(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch: int, jit_compile: bool):
     """`train(order, first, last)`: steps first..last-1 of an epoch, step i on the examples
-    order[i*batch:(i+1)*batch] of (x, y) (the last step on what is left), in one graph call.
-    Closures rather than methods of an object they would be attributes of: no reference cycle of
-    theirs keeps a job's tensors alive until the garbage collector runs."""
+    order[i*batch:(i+1)*batch] of (x, y) (the last step on what is left), in one graph call."""
     train_step = _graph(lambda xb, yb: model.train_step((xb, yb)), jit_compile)
 
     @_graph

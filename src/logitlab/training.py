@@ -87,7 +87,7 @@ def fit_compiled(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: DictConf
         validation_split=cfg.trainer.validation_split,
         seed=cfg.seed,
         steps_per_execution=cfg.trainer.steps_per_execution,
-        jit_compile=cfg.trainer.jit_compile,
+        jit_compile=cfg.trainer.get("jit_compile", "auto"),
         verbose=cfg.trainer.verbose,
         callbacks=[epochs],
     )
@@ -176,13 +176,14 @@ def _clear_session() -> None:
     reference cycles, and through them a trainer's data tensors: ~200 MB per MNIST job otherwise).
     The process's imports are frozen out of every collection first (gc.freeze): a collection then
     takes ~7 ms instead of ~0.3 s."""
-    if not _frozen:
+    global _gc_frozen
+    if not _gc_frozen:
         gc.freeze()
-        _frozen.append(True)
+        _gc_frozen = True
     keras.backend.clear_session()
 
 
-_frozen: list[bool] = []
+_gc_frozen = False
 
 
 def prepare(cfg: DictConfig, root: Path) -> tuple[keras.Model, np.ndarray, np.ndarray]:
