@@ -8,7 +8,8 @@ is better), also written to benchmarks/results.json:
 - the levers behind it, one at a time (steps_per_execution, XLA, the progress bar, threads, lazy imports);
 - tracking overhead: a training run logged to MLflow against the same training without MLflow;
 - sweep overhead: a Hydra multirun of 8 blobs jobs against the sum of its jobs' training times;
-- the pipeline: `dvc repro` from nothing (the data already fetched) in a copy of the project, then a
+- the pipeline: `dvc repro` from nothing (the data already fetched) in a copy of the project, and
+  in a copy of an earlier commit (PIPELINE_BASELINE, two processes per variant) side by side, then a
   no-op `dvc repro`.
 Run it on an otherwise idle machine: every figure is a wall-clock time.
 """
@@ -50,6 +51,9 @@ TRACKING_TARGET = 0.03      # overhead, as a fraction of the training time
 SWEEP_JOB_TARGET_S = 1.0    # per-job overhead beyond training, in-process launcher
 NOOP_REPRO_TARGET_S = 5.0
 ACCURACY_POINTS = 0.5       # test accuracy below default fit's allowed, in percentage points
+# The pipeline before one stage per variant (train and evaluate in two processes, 35 stages).
+PIPELINE_BASELINE = "8fc7770"
+PIPELINE_TARGET = 2.0       # the baseline's repro from nothing over ours
 
 
 def log(message: str) -> None:
@@ -88,14 +92,23 @@ def matmul_peak() -> float:
 
 
 def compose(overrides: list[str]):
-    from logitlab.config import compose_params
+    from logitlab.schema import compose as compose_config
 
-    return compose_params(ROOT, overrides)
+    return compose_config(ROOT, overrides)
+
+
+def prepared(cfg):
+    """The compiled, seeded model of `cfg` and its training data, as the train stage makes them."""
+    from logitlab.data.preprocess import load_processed
+    from logitlab.train.loop import prepare
+
+    data = load_processed(cfg.path(ROOT, "processed"), cfg.dataset)
+    return (*prepare(cfg, data), data)
 
 
 class EpochClock:
     """When each epoch ended: a Keras callback for `model.fit`, and the metrics sink logitlab's trainer
-    reports each epoch to (training.fit(..., metrics=clock)), so both are timed at the same point."""
+    reports each epoch to (its `metrics` argument), so both are timed at the same point."""
 
     def __init__(self) -> None:
         import keras
@@ -125,7 +138,7 @@ def epoch_stats(times: list[float]) -> dict[str, float]:
 
 
 def test_accuracy(model, dataset: str) -> float:
-    from logitlab.data import load_processed
+    from logitlab.data.preprocess import load_processed
 
     data = load_processed(ROOT / "data" / "processed" / f"{dataset}.npz", dataset)
     return float(model.evaluate(data["x_test"], data["y_test"], batch_size=1024, verbose=0, return_dict=True)["accuracy"])
@@ -137,15 +150,15 @@ def train_config(dataset: str, layers: list[int], batch: int, epochs: int, *extr
 
 
 def keras_fit(cfg, **compile_args: Any) -> tuple[dict[str, float], Any]:
-    """Plain Keras: the same model and seed as logitlab's (training.prepare), compiled with Keras's
+    """Plain Keras: the same model and seed as logitlab's (train.loop.prepare), compiled with Keras's
     defaults (plus `compile_args`), `model.fit` on the same arrays and batch size."""
-    from logitlab import models, training
-
-    model, x, y = training.prepare(cfg, ROOT)
     import keras
 
+    from logitlab.model.build import accuracy_for, loss_for
+
+    model, x, y, _ = prepared(cfg)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.optimizer.lr),
-                  loss=models.loss_for(cfg.model.head), metrics=[models.accuracy_for(cfg.model.head)], **compile_args)
+                  loss=loss_for(cfg.model.head), metrics=[accuracy_for(cfg.model.head)], **compile_args)
     clock = EpochClock()
     model.fit(x, y, batch_size=cfg.trainer.batch_size, epochs=cfg.trainer.epochs,
               validation_split=cfg.trainer.validation_split, verbose=0, callbacks=[clock.callback])
@@ -153,17 +166,17 @@ def keras_fit(cfg, **compile_args: Any) -> tuple[dict[str, float], Any]:
 
 
 def logitlab_fit(cfg) -> tuple[dict[str, float], Any]:
-    from logitlab import training
+    from logitlab.train.stage import TRAINERS
 
-    model, x, y = training.prepare(cfg, ROOT)
+    model, x, y, _ = prepared(cfg)
     clock = EpochClock()
-    training.fit(model, x, y, cfg, metrics=clock)
+    TRAINERS[cfg.trainer.name](model, x, y, cfg, clock)
     return epoch_stats(clock.epochs()), model
 
 
 def flops_per_epoch(model, n: int, validation_split: float) -> float:
     """Training examples cost forward + backward (~3x forward); validation examples a forward pass."""
-    from logitlab.compiled import dense_flops, training_examples
+    from logitlab.train.fast_fit import dense_flops, training_examples
 
     n_train = training_examples(n, validation_split)
     return dense_flops(model) * (3 * n_train + (n - n_train))
@@ -177,7 +190,7 @@ def throughput(peak: float) -> list[dict[str, Any]]:
         base, base_model = keras_fit(cfg)
         log(f"throughput: {name}: logitlab's fit trainer ...")
         ours, model = logitlab_fit(cfg)
-        from logitlab.data import load_processed
+        from logitlab.data.preprocess import load_processed
 
         n = len(load_processed(ROOT / "data" / "processed" / f"{dataset}.npz", dataset)["y_train"])
         flops = flops_per_epoch(model, n, cfg.trainer.validation_split)
@@ -276,7 +289,7 @@ def wall(cmd: list[str]) -> float:
 
 @functools.cache
 def import_seconds() -> float:
-    """What every train and evaluate process pays first: `import tensorflow, keras, mlflow` in a
+    """What every train process pays first: `import tensorflow, keras, mlflow` in a
     fresh Python (the best of two)."""
     return min(wall([sys.executable, "-c", "import tensorflow, keras, mlflow"]) for _ in range(2))
 
@@ -294,28 +307,36 @@ def lazy_imports() -> list[dict[str, Any]]:
 
 
 def tracking_overhead(store: Path) -> list[dict[str, Any]]:
-    """The same training (data, model, fit, model file) with and without its MLflow run; the store
-    exists beforehand, as it does after a project's first run. The best of a few of each, alternated."""
-    from logitlab import tracking, training
+    """The same train stage (data, model, fit, evaluation, the variant's files) with and without its
+    MLflow run; the store exists beforehand, as it does after a project's first run. The best of a few
+    of each, alternated."""
+    from logitlab.data.preprocess import task_labels
+    from logitlab.evaluate.metrics import evaluate
+    from logitlab.sweep import Job
+    from logitlab.tracking.runs import open_store
+    from logitlab.train.stage import TRAINERS, Files, train, write_outputs
 
     rows = []
     for name, overrides, repeats in (("blobs 25-15-4, 10 epochs", ["dataset=blobs"], 5),
                                      ("mnist 25-15-10, batch 64, 10 epochs", ["dataset=mnist"], 2)):
         cfg = compose([*overrides, "trainer.verbose=0", f"tracking.uri=sqlite:///{store / 'mlflow.db'}"])
-        tracking.open_store(cfg.tracking, ROOT, "the benchmark")
-        run_dir = store / "runs" / overrides[0].split("=")[1]
+        open_store(cfg.tracking, ROOT, "the benchmark")
+        job_dir = store / "runs" / overrides[0].split("=")[1]
+        job = Job(multirun=False, num=0, overrides=[], dir=job_dir, sweep_dir=job_dir)
 
         def untracked() -> float:
             start = time.perf_counter()
-            model, x, y = training.prepare(cfg, ROOT)
-            training.fit(model, x, y, cfg)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            training.save_model(model, run_dir)
+            model, x, y, data = prepared(cfg)
+            history = TRAINERS[cfg.trainer.name](model, x, y, cfg, None)
+            y_test = task_labels(data["y_test"], cfg.task, cfg.ds.binary.positive_class)
+            result = evaluate(model, data["x_test"], y_test, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
+                              cfg.evaluate.n_examples)
+            write_outputs(Files.of(cfg, ROOT, job_dir), model, history, result, {"examples": result.examples})
             return time.perf_counter() - start
 
         def tracked() -> float:
             start = time.perf_counter()
-            training.train(cfg, ROOT, run_dir, run_name="bench")
+            train(cfg, ROOT, job)
             return time.perf_counter() - start
 
         log(f"tracking overhead: {name} ...")
@@ -339,9 +360,9 @@ def sweep_overhead(store: Path) -> list[dict[str, Any]]:
     uri = f"sqlite:///{store / 'mlflow.db'}"
     cmd = [sys.executable, "pipelines/train.py", "-m", "dataset=blobs", f"optimizer.lr={rates}", "trainer.verbose=0",
            f"hydra.sweep.dir={store / 'multirun'}", f"tracking.uri={uri}"]
-    from logitlab import tracking
+    from logitlab.tracking.runs import open_store
 
-    tracking.open_store(compose([f"tracking.uri={uri}"]).tracking, ROOT, "the benchmark")  # the store exists
+    open_store(compose([f"tracking.uri={uri}"]).tracking, ROOT, "the benchmark")  # the store exists
     log(f"sweep: {SWEEP_JOBS} blobs jobs in one process ...")
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -367,42 +388,77 @@ def sweep_overhead(store: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the pipeline
 
 
-def pipeline(workdir: Path) -> list[dict[str, Any]]:
-    """`dvc repro` in a copy of the project (the files git tracks, the fetched raw data, a new git
-    repository), so the project's own outputs, dvc.lock and store stay as they are."""
-    project = workdir / "project"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():
-            (project / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, project / rel)
-    (project / "data" / "raw").mkdir(parents=True)
+def _project_copy(dest: Path, rev: str | None) -> Path:
+    """The files git tracks at `rev` (None: the working tree, untracked files included), and the
+    fetched raw data, in a new git repository at `dest`."""
+    dest.mkdir(parents=True)
+    if rev is None:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+        for rel in filter(None, listed):
+            if (ROOT / rel).is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / rel, dest / rel)
+    else:
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    (dest / "data" / "raw").mkdir(parents=True, exist_ok=True)
     for raw in (ROOT / "data" / "raw").glob("*.npz"):
-        shutil.copy2(raw, project / "data" / "raw" / raw.name)
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+        shutil.copy2(raw, dest / "data" / "raw" / raw.name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def _baseline_python(workdir: Path, project: Path) -> Path:
+    """A Python that imports the baseline's own logitlab (its src/) and this environment's other
+    packages: a bare venv whose .pth lists both. This venv's editable install of today's logitlab is
+    not on its path (its .pth files are not read there)."""
+    import site
+    import venv
+
+    env_dir = workdir / "baseline-venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    packages = next(Path(p) for p in site.getsitepackages() if p.endswith("site-packages"))
+    site_dir = next(env_dir.glob("lib/python*/site-packages"))
+    (site_dir / "logitlab-baseline.pth").write_text(f"{project / 'src'}\n{packages}\n")
+    return env_dir / "bin"
+
+
+def _repro(project: Path, python_bin: Path) -> tuple[float, int, float, int]:
+    """`dvc repro` from nothing (the raw data counted as fetched), then a no-op one: (seconds, stages
+    run) of each. Stages run `python` from `python_bin`."""
+    env = dict(os.environ, PATH=f"{python_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
     env.pop("MLFLOW_TRACKING_URI", None)
     dvc = str(BIN / "dvc")
 
-    def run(*args: str) -> tuple[float, str]:
+    def run(*args: str) -> tuple[float, int]:
         start = time.perf_counter()
         proc = subprocess.run([dvc, *args], cwd=project, env=env, capture_output=True, text=True)
         if proc.returncode:
-            raise SystemExit(f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return time.perf_counter() - start, proc.stdout
+            raise SystemExit(f"dvc {' '.join(args)} in {project} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return time.perf_counter() - start, sum(line.startswith("Running stage") for line in proc.stdout.splitlines())
 
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    # The raw data counts as fetched: record it as the fetch stages' output instead of fetching again.
-    fetched = [f"fetch@{d}" for d in ("mnist", "blobs")]
-    run("commit", "--force", *fetched)
+    run("commit", "--force", *(f"fetch@{d}" for d in ("mnist", "blobs")))
+    return (*run("repro"), *run("repro"))
+
+
+def pipeline(workdir: Path) -> list[dict[str, Any]]:
+    """`dvc repro` from nothing in a copy of the project, and in a copy of PIPELINE_BASELINE, one after
+    the other on the same machine, so the project's own outputs, dvc.lock and store stay as they are."""
+    ours = _project_copy(workdir / "project", None)
     log("pipeline: dvc repro from nothing (the data already fetched) ...")
-    full, out = run("repro")
-    stages = sum(line.startswith("Running stage") for line in out.splitlines())
-    log("pipeline: no-op dvc repro ...")
-    noop, out = run("repro")
-    rerun = sum(line.startswith("Running stage") for line in out.splitlines())
-    row = entry("pipeline: dvc repro from nothing (data fetched)", full, None, stages=stages,
-                per_stage_s=full / max(stages, 1), import_tensorflow_keras_mlflow_s=import_seconds())
+    full, stages, noop, rerun = _repro(ours, BIN)
+    base_full = base_stages = None
+    if subprocess.run(["git", "cat-file", "-e", f"{PIPELINE_BASELINE}^{{commit}}"], cwd=ROOT).returncode == 0:
+        base = _project_copy(workdir / "baseline", PIPELINE_BASELINE)
+        log(f"pipeline: the same at {PIPELINE_BASELINE}, two processes per variant ...")
+        base_full, base_stages, _, _ = _repro(base, _baseline_python(workdir, base))
+    else:
+        log(f"pipeline: commit {PIPELINE_BASELINE} is not in this clone: no baseline")
+    row = entry(f"pipeline: dvc repro from nothing (data fetched), against {PIPELINE_BASELINE}", full, base_full,
+                stages=stages, baseline_stages=base_stages, per_stage_s=full / max(stages, 1),
+                import_tensorflow_keras_mlflow_s=import_seconds(), target=f"ratio >= {PIPELINE_TARGET}")
+    row["met"] = None if base_full is None else row["ratio"] >= PIPELINE_TARGET
     noop_row = entry("pipeline: no-op dvc repro, against the repro from nothing", noop, full, stages_rerun=rerun,
                      target=f"<= {NOOP_REPRO_TARGET_S} s")
     noop_row["met"] = noop <= NOOP_REPRO_TARGET_S and rerun == 0
@@ -440,8 +496,9 @@ def details(rows: list[dict[str, Any]]) -> str:
                          f"{r['start_and_exit_s']:.1f} s; {r['per_job_overhead_s']:.2f} s per job beyond training; "
                          f"{r['processes']} process(es) for {r['jobs']} jobs")
         elif r["name"].startswith("pipeline: dvc"):
-            lines.append(f"{r['name']}: {r['stages']} stages, {r['per_stage_s']:.1f} s each on average; a bare "
-                         f"`import tensorflow, keras, mlflow` takes {r['import_tensorflow_keras_mlflow_s']:.1f} s")
+            lines.append(f"{r['name']}: {r['stages']} stages (baseline: {r['baseline_stages']}), "
+                         f"{r['per_stage_s']:.1f} s each on average; a bare `import tensorflow, keras, mlflow` "
+                         f"takes {r['import_tensorflow_keras_mlflow_s']:.1f} s")
     return "\n".join(lines)
 
 

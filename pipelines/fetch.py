@@ -1,23 +1,19 @@
 """DVC stage fetch: download (MNIST) or generate (blobs) the raw data of one dataset."""
 
-import os
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-
-from logitlab import cli, stages  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from logitlab import app
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> object:
-    return stages.entry(stages.fetch, ROOT)(cfg)
+    from logitlab.data.preprocess import (
+        fetch,  # its imports (TensorFlow, ...) once the command line is known good
+    )
+
+    return app.run(fetch, cfg)
 
 
 if __name__ == "__main__":
-    cli.check_command_line(__file__, "../conf", "config")
-    main()
+    app.launch(main, __file__)

@@ -1,25 +1,21 @@
-"""DVC stage train, and the Hydra app for sweeps: train one head on one dataset as one MLflow run.
+"""DVC stage train@, and the Hydra app for sweeps: one variant trained, evaluated and recorded, one MLflow run.
 
   python pipelines/train.py -m dataset=blobs,mnist model.head=softmax,logit seed=0,1 trainer.epochs=3"""
-
-import os
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-
-from logitlab import cli, stages  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from logitlab import app
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> object:
-    return stages.entry(stages.train, ROOT)(cfg)
+    from logitlab.train.stage import (
+        train,  # its imports (TensorFlow, ...) once the command line is known good
+    )
+
+    return app.run(train, cfg)
 
 
 if __name__ == "__main__":
-    cli.check_command_line(__file__, "../conf", "config")
-    main()
+    app.launch(main, __file__)

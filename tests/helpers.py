@@ -109,14 +109,14 @@ def app(stage: str, *args: str) -> list[str]:
 
 def tiny_blobs(tmp: Path) -> list[str]:
     """Fetch and preprocess 200 blobs under `tmp`, in this process; returns the overrides that use them."""
-    from logitlab import stages
-    from logitlab.config import compose_params
+    from logitlab.data.preprocess import fetch, preprocess
+    from logitlab.schema import compose
 
     overrides = ["dataset=blobs", "datasets.blobs.fetch.n_samples=200", f"paths.raw={tmp / 'raw'}",
                  f"paths.processed={tmp / 'processed'}"]
-    cfg = compose_params(ROOT, overrides)
-    stages.fetch(cfg, ROOT)
-    stages.preprocess(cfg, ROOT)
+    cfg = compose(ROOT, overrides)
+    fetch(cfg, ROOT)
+    preprocess(cfg, ROOT)
     return overrides
 
 
@@ -128,3 +128,35 @@ def runs_of(uri: str, experiment: str = "logitlab") -> list:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no {experiment} experiment in {uri}"
     return client.search_runs([found.experiment_id], max_results=1000)
+
+
+# The matrix the end-to-end tests shrink the pipeline to: every stage family, few variants.
+TINY_PIPELINE = {"datasets": ["mnist", "blobs"], "heads": ["softmax", "logit"], "binary_heads": ["logit"],
+                 "gradient_tape": {"datasets": ["blobs"], "heads": ["logit"]}}
+
+
+def shrink_to_tiny_data(project: Path, tmp_path: Path) -> None:
+    """In the copy: MNIST from a small local file (its own hashes), 200 blobs, 1 epoch; then `make params`."""
+    from omegaconf import OmegaConf
+
+    from logitlab.data.mnist import array_digests
+
+    arrays = mnist_arrays(n_train=200, n_test=50)
+    body = keras_npz_bytes(arrays)
+    local = tmp_path / "tiny-mnist.npz"
+    local.write_bytes(body)
+    mnist = project / "conf" / "datasets" / "mnist.yaml"
+    cfg = OmegaConf.load(mnist)
+    cfg.fetch.sources = [{"name": "local", "type": "file", "path": str(local), "sha256": sha256_bytes(body),
+                          "format": "keras_npz"}]
+    cfg.fetch.array_sha256 = array_digests(arrays)
+    OmegaConf.save(cfg, mnist)
+    blobs = project / "conf" / "datasets" / "blobs.yaml"
+    OmegaConf.save(OmegaConf.merge(OmegaConf.load(blobs), {"fetch": {"n_samples": 200}}), blobs)
+    trainer = project / "conf" / "trainer" / "fit.yaml"
+    OmegaConf.save(OmegaConf.merge(OmegaConf.load(trainer), {"epochs": 1}), trainer)
+    config = project / "conf" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    cfg.pipeline = TINY_PIPELINE
+    OmegaConf.save(cfg, config)
+    run([PYTHON, "-m", "logitlab", "params"], project)

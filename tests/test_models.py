@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from logitlab.evaluation import output_stats
-from logitlab.models import build_model, compile_model, loss_for
-from logitlab.numerics import probabilities, softmax
+from logitlab.evaluate.metrics import output_stats
+from logitlab.model.build import build_model, compile_model, loss_for
+from logitlab.evaluate.numerics import probabilities, softmax
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,10 @@ def test_binary_heads_have_one_output_and_sigmoid_sums_do_not_matter(x):
 
 def test_unknown_task_or_head_for_a_task_is_a_user_error():
     from logitlab.errors import UserError
+    from logitlab.model.heads import check_head
 
     with pytest.raises(UserError, match="unknown model.head 'softmax' for task binary; valid: sigmoid, logit, sigmoid_strict"):
-        build_model(2, 2, [2], "softmax", task="binary")
+        check_head("binary", "softmax")
     with pytest.raises(UserError, match="unknown task 'ternary'; valid: multiclass, binary"):
-        build_model(2, 2, [2], "logit", task="ternary")
+        check_head("ternary", "logit")
+    assert check_head("binary", "logit").from_logits

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from logitlab.models import build_model, compile_model, head_weights
-from logitlab.numerics import (
+from logitlab.model.build import build_model, compile_model, head_weights
+from logitlab.evaluate.numerics import (
     CLIP_CEILING,
     EPSILON,
     _keras_loss,
@@ -124,7 +124,7 @@ def test_binary_strict_head_takes_the_probability_path():
 def test_the_strict_heads_training_loss_sits_at_the_clip_ceiling():
     """On examples the model gets wrong by a mile, the strict head's own loss is stuck at
     -log(1e-7), while the rescued softmax head's loss is the true one, from its logits."""
-    from logitlab.numerics import training_path_loss
+    from logitlab.evaluate.numerics import training_path_loss
 
     strict_model, x, y = _saturated("softmax_strict")
     strict = training_path_loss(strict_model, x, y, "multiclass", 8)
@@ -136,7 +136,7 @@ def test_the_strict_heads_training_loss_sits_at_the_clip_ceiling():
 
 
 def _logits(model, x):
-    from logitlab.models import head_inputs
+    from logitlab.model.build import head_inputs
 
     kernel, bias = head_weights(model)
     return head_inputs(model, x, 8) @ kernel + bias

@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import (PYTHON, app, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, subprocess_env,
-                     tiny_blobs)
-from logitlab import data
+from helpers import (PYTHON, app, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, shrink_to_tiny_data,
+                     subprocess_env, tiny_blobs)
 
 BIN = Path(PYTHON).parent
-# The matrix the end-to-end test shrinks the pipeline to: every stage family, few variants.
-TINY_PIPELINE = {"datasets": ["mnist", "blobs"], "heads": ["softmax", "logit"], "binary_heads": ["logit"],
-                 "gradient_tape": {"datasets": ["blobs"], "heads": ["logit"]}}
 TRAIN_STAGES = {f"train@{d}-{h}" for d in ("mnist", "blobs") for h in ("softmax", "logit")} | {
     "train_binary@mnist-logit", "train_binary@blobs-logit", "train_tape@blobs-logit"}
 VARIANTS = {f"{d}-{h}" for d in ("mnist", "blobs") for h in ("softmax", "logit")} | {
@@ -25,6 +21,10 @@ RUN_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy",
                "test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max"}
 NUMERICS = {"test_loss_f64", "loss_err_probs_max", "loss_err_logits_max", "loss_err_train_max",
             "prob_clip_band_fraction", "clip_ceiling_fraction", "probs_sum_max_error"}
+
+
+def ran_stages(proc) -> set[str]:
+    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
 
 
 def finished_runs(uri):
@@ -52,20 +52,25 @@ def leftovers(tmp_path):
         ("train", ["model.head=tanh"], "unknown model.head 'tanh' for task multiclass; valid: softmax, logit, softmax_strict, sigmoid"),
         ("train", ["dataset=cifar"], "unknown dataset 'cifar'; valid: blobs, mnist"),
         ("train", ["trainer=foo"], "unknown trainer 'foo' in override 'trainer=foo'; valid: fit, gradient_tape"),
-        ("train", ["trainer.name=foo"], "unknown trainer 'foo'; valid: fit, gradient_tape"),
+        ("train", ["trainer.name=foo"], "trainer.name: Invalid value 'foo', expected one of [fit, gradient_tape]"),
+        ("train", ["task=binary", "model.head=softmax"], "unknown model.head 'softmax' for task binary; valid: sigmoid, "
+                                                         "logit, sigmoid_strict"),
         ("train", ["trainer.epochs=-1"], "trainer.epochs must be a positive whole number, got -1"),
         ("train", ["trainer.epochs=0"], "trainer.epochs must be a positive whole number, got 0"),
         ("train", ["trainer.batch_size=0"], "trainer.batch_size must be a positive whole number, got 0"),
-        ("train", ["optimizer.lr=0"], "optimizer.lr must be a positive number, got 0"),
+        ("train", ["optimizer.lr=0"], "optimizer.lr must be a positive number, got 0.0"),
         ("train", ["optimizer.lr=-1e-3"], "optimizer.lr must be a positive number, got -0.001"),
-        ("train", ["optimizer.lr=fast"], "optimizer.lr must be a positive number, got 'fast'"),
+        ("train", ["optimizer.lr=fast"], "optimizer.lr: Value 'fast' of type 'str' could not be converted to Float"),
         ("train", ["model.head=[softmax"], "malformed override 'model.head=[softmax': no viable alternative at input "
                                            "'[softmax'; see https://hydra.cc/docs/advanced/override_grammar/basic/"),
         ("train", ["trainer.epochz=3"], "unknown key 'trainer.epochz' in override 'trainer.epochz=3'; valid under trainer: "
                                         "name, epochs, batch_size, validation_split, steps_per_execution, jit_compile, shuffle_buffer, "
-                                        "log_every_n_steps, max_loss, verbose (prefix + to add a new key)"),
+                                        "log_every_n_steps, max_loss, verbose"),
+        ("train", ["+trainer.epochz=3"], "unknown key 'trainer.epochz'; valid under trainer: "
+                                         "name, epochs, batch_size, validation_split, steps_per_execution, jit_compile, "
+                                         "shuffle_buffer, log_every_n_steps, max_loss, verbose"),
         ("train", ["-m", "trainer=fit,tape"], "unknown trainer 'tape' in override 'trainer=fit,tape'; valid: fit, gradient_tape"),
-        ("evaluate", ["hydra/launcher=paralel"], "unknown launcher 'paralel' in override 'hydra/launcher=paralel'; valid: "
+        ("report", ["hydra/launcher=paralel"], "unknown launcher 'paralel' in override 'hydra/launcher=paralel'; valid: "
                                                  "basic, joblib, parallel, slurm, submitit_local, submitit_slurm"),
     ],
 )
@@ -103,6 +108,60 @@ def test_missing_processed_data_names_the_stage_to_run(tmp_path, blobs):
     assert not (tmp_path / "m.db").exists(), "the tracking store is not even opened"
 
 
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("stage, kind, remake", [
+    ("preprocess", "raw", "fetch@blobs"),
+    ("train", "processed", "preprocess@blobs"),
+])
+def test_a_damaged_input_file_is_one_line_naming_it_and_its_remake(tmp_path, blobs, stage, kind, remake):
+    import shutil
+
+    damaged = tmp_path / kind
+    shutil.copytree(next(Path(o.split("=", 1)[1]) for o in blobs if o.startswith(f"paths.{kind}=")), damaged)
+    truncate(damaged / "blobs.npz")
+    out = tmp_path / "out"
+    proc = subprocess.run(app(stage, *blobs, f"paths.{kind}={damaged}", f"paths.processed={out}" if kind == "raw" else
+                              f"paths.models={out}", "layout=pipeline", f"tracking.uri='sqlite:///{tmp_path / 'm.db'}'",
+                              f"hydra.run.dir={tmp_path / 'job'}"),
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"logitlab {stage}: error: {damaged / 'blobs.npz'} is damaged (")
+    assert last.endswith(f"); remake it: dvc repro -f {remake}")
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not (tmp_path / "m.db").exists(), "nothing written, the store not even opened"
+
+
+@pytest.mark.slow
+def test_a_damaged_model_fails_the_report_in_one_line_and_keeps_the_last_report(tmp_path, blobs):
+    """The pipeline's layout in a folder of its own: one variant trained, then its model damaged."""
+    paths = [f"paths.{k}={tmp_path / k}" for k in ("models", "metrics", "history", "predictions")]
+    only_blobs_logit = ["pipeline.datasets=[blobs]", "pipeline.heads=[logit]", "pipeline.binary_heads=[]",
+                        "pipeline.gradient_tape.datasets=[]"]
+    common = [*blobs, *paths, f"tracking.uri='sqlite:///{tmp_path / 'm.db'}'"]
+    run(app("train", *common, "layout=pipeline", "model.head=logit", "trainer.epochs=1",
+            f"hydra.run.dir={tmp_path / 'train'}"), tmp_path, subprocess_env())
+    report = [*common, *only_blobs_logit, f"report.out_dir={tmp_path / 'report'}", f"hydra.run.dir={tmp_path / 'job'}"]
+    run(app("report", *report), tmp_path, subprocess_env())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "report").rglob("*") if p.is_file()}
+    assert "decision_regions_blobs_multiclass.png" in before and "summary.csv" in before
+
+    model = tmp_path / "models" / "blobs-logit" / "model.keras"
+    truncate(model)
+    proc = subprocess.run(app("report", *report), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"logitlab report: error: {model} is damaged (")
+    assert last.endswith("); remake it: dvc repro -f train@blobs-logit")
+    assert "Traceback" not in proc.stderr
+    after = {p.name: p.read_bytes() for p in (tmp_path / "report").rglob("*") if p.is_file()}
+    assert after == before, "the last report is left as it was"
+
+
 @pytest.mark.parametrize("bad, problem", [
     ({"x_train": np.zeros((10, 28, 27), np.uint8)}, "x_train must be uint8 of shape (N, 28, 28), got uint8 (10, 28, 27)"),
     ({"x_test": np.zeros((5, 28, 28), np.float64)}, "x_test must be uint8 of shape (N, 28, 28), got float64 (5, 28, 28)"),
@@ -127,29 +186,6 @@ def test_local_mnist_file_with_wrong_shapes_or_dtypes_is_refused(tmp_path, bad, 
     assert sorted(p.name for p in raw.iterdir()) == ["mnist.npz"], "no temporary file left"
 
 
-def shrink_to_tiny_data(project: Path, tmp_path: Path) -> None:
-    """In the copy: MNIST from a small local file (its own hashes), 200 blobs, 1 epoch; then `make params`."""
-    arrays = mnist_arrays(n_train=200, n_test=50)
-    body = keras_npz_bytes(arrays)
-    local = tmp_path / "tiny-mnist.npz"
-    local.write_bytes(body)
-    mnist = project / "conf" / "datasets" / "mnist.yaml"
-    cfg = OmegaConf.load(mnist)
-    cfg.fetch.sources = [{"name": "local", "type": "file", "path": str(local), "sha256": sha256_bytes(body),
-                          "format": "keras_npz"}]
-    cfg.fetch.array_sha256 = data.array_digests(arrays)
-    OmegaConf.save(cfg, mnist)
-    blobs = project / "conf" / "datasets" / "blobs.yaml"
-    OmegaConf.save(OmegaConf.merge(OmegaConf.load(blobs), {"fetch": {"n_samples": 200}}), blobs)
-    trainer = project / "conf" / "trainer" / "fit.yaml"
-    OmegaConf.save(OmegaConf.merge(OmegaConf.load(trainer), {"epochs": 1}), trainer)
-    config = project / "conf" / "config.yaml"
-    cfg = OmegaConf.load(config)
-    cfg.pipeline = TINY_PIPELINE
-    OmegaConf.save(cfg, config)
-    run([PYTHON, "-m", "logitlab", "params"], project)
-
-
 @pytest.mark.slow
 def test_dvc_repro_end_to_end(tmp_path):
     project = copy_project(tmp_path / "project")
@@ -159,24 +195,24 @@ def test_dvc_repro_end_to_end(tmp_path):
     dvc = str(BIN / "dvc")
 
     first = run([dvc, "repro"], project, env, timeout=900)
-    ran = {line.split("'")[1] for line in first.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {f"{s}@{d}" for s in ("fetch", "preprocess") for d in ("mnist", "blobs")} | TRAIN_STAGES | {
-        s.replace("train", "evaluate") for s in TRAIN_STAGES} | {"report"}
+    assert ran_stages(first) == {f"{s}@{d}" for s in ("fetch", "preprocess") for d in ("mnist", "blobs")} | TRAIN_STAGES | {
+        "report"}, "one stage per variant: it trains and evaluates"
 
     everything = finished_runs(f"sqlite:///{project / 'mlflow.db'}")
     runs = [r for r in everything if "logitlab.variant" in r.data.tags]
-    assert sorted(r.info.run_name for r in runs) == sorted(VARIANTS)
+    assert sorted(r.info.run_name for r in runs) == sorted(VARIANTS), "one run per variant"
     for r in runs:
         assert RUN_METRICS | NUMERICS <= set(r.data.metrics), r.info.run_name
         assert r.info.run_name == r.data.tags["logitlab.variant"]
         assert r.data.tags["numerics.train_loss_path"] == "logits"
-        run_file = json.loads((project / "models" / r.info.run_name / "run.json").read_text())
-        assert run_file["run_id"] == r.info.run_id
+        metrics = json.loads((project / "metrics" / f"{r.info.run_name}.json").read_text())
+        assert metrics["test_loss"] == pytest.approx(r.data.metrics["test_loss"]), "the file and the run agree"
     assert [r.data.tags.get("logitlab.kind") for r in everything if r not in runs] == ["report"]
     summary = (project / "report" / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + len(VARIANTS)
     plots = json.loads(run([dvc, "plots", "show", "--json"], project, env).stdout)
     assert "report/plots/digits_mnist.png" in plots["data"], sorted(plots["data"])
+    assert {f"history/{v}.tsv" for v in VARIANTS} <= set(plots["data"]), "the epoch histories are DVC data plots"
 
     shown = json.loads(run([dvc, "metrics", "show", "--json"], project, env).stdout)
     files = next(iter(shown.values()))["data"]
@@ -187,10 +223,23 @@ def test_dvc_repro_end_to_end(tmp_path):
     second = run([dvc, "repro"], project, env)
     assert "Running stage" not in second.stdout, second.stdout
 
-    # Evaluate alone, forced: it logs into the training run again, no new run appears.
-    run([dvc, "repro", "--force", "--single-item", "evaluate@blobs-logit"], project, env)
-    again = finished_runs(f"sqlite:///{project / 'mlflow.db'}")
-    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in everything)
+    # DVC is the source of truth: without any tracking store, a stage reproduces from DVC's files
+    # alone, the report included, and its run lands in a new store.
+    (project / "mlflow.db").rename(tmp_path / "old-mlflow.db")
+    report_before = (project / "report" / "summary.csv").read_text()
+    run([dvc, "repro", "--force", "--single-item", "train@blobs-logit", "report"], project, env)
+    assert (project / "report" / "summary.csv").read_text() == report_before, "the same files, bit for bit"
+    fresh = finished_runs(f"sqlite:///{project / 'mlflow.db'}")
+    assert sorted(r.info.run_name for r in fresh) == ["blobs-logit", "report"]
+
+    # Every module a stage imports is its dependency: a change to the heads reruns training.
+    heads = project / "src" / "logitlab" / "model" / "heads.py"
+    original = heads.read_text()
+    heads.write_text(original + "\n# a change\n")
+    status = json.loads(run([dvc, "status", "--json"], project, env).stdout)
+    assert TRAIN_STAGES <= set(status), sorted(status)
+    heads.write_text(original)
+    assert "Running stage" not in run([dvc, "repro"], project, env).stdout
 
     # DVC experiments on the same project: Hydra composition is on (.dvc/config), so -S overrides
     # compose conf/ into params.yaml. One experiment in the workspace, two through the queue.
@@ -199,10 +248,9 @@ def test_dvc_repro_end_to_end(tmp_path):
     run(git + ["commit", "-qm", "baseline"], project)
     exp_env = dict(env, GIT_AUTHOR_NAME="logitlab-tests", GIT_AUTHOR_EMAIL="tests@logitlab.invalid",
                    GIT_COMMITTER_NAME="logitlab-tests", GIT_COMMITTER_EMAIL="tests@logitlab.invalid")
-    target = "evaluate@blobs-logit"
+    target = "train@blobs-logit"
     ran = run([dvc, "exp", "run", "-n", "lr-01", "-S", "optimizer.lr=0.01", target], project, exp_env, timeout=900)
-    assert {line.split("'")[1] for line in ran.stdout.splitlines() if line.startswith("Running stage")} == {
-        "train@blobs-logit", target}
+    assert ran_stages(ran) == {target}
     assert OmegaConf.load(project / "params.yaml").optimizer.lr == 0.01, "DVC composed conf/ with the override"
     for lr, name in (("0.003", "lr-003"), ("0.03", "lr-03")):
         run([dvc, "exp", "run", "--queue", "-n", name, "-S", f"optimizer.lr={lr}", target], project, exp_env)

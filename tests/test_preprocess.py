@@ -4,53 +4,72 @@ import numpy as np
 import pytest
 
 from helpers import mnist_arrays
-from logitlab import data
+from logitlab.data import blobs, mnist
+from logitlab.data.preprocess import SPLITS, load_processed
+from logitlab.files import save_arrays
 from logitlab.errors import UserError
 
 
 def test_mnist_is_flattened_and_scaled_to_unit_float32(tmp_path):
     arrays = mnist_arrays(n_train=30, n_test=10)
-    data.save_arrays(tmp_path / "raw.npz", arrays)
-    out = data.preprocess("mnist", {"scale": 255.0}, tmp_path / "raw.npz", tmp_path / "p.npz")
+    save_arrays(tmp_path / "raw.npz", arrays)
+    out = mnist.preprocess_mnist({"scale": 255.0}, tmp_path / "raw.npz")
+    save_arrays(tmp_path / "p.npz", out)
     for split, n in (("train", 30), ("test", 10)):
         x = out[f"x_{split}"]
         assert x.shape == (n, 784) and x.dtype == np.float32
         assert 0.0 <= x.min() and x.max() <= 1.0
         np.testing.assert_allclose(x * 255, arrays[f"x_{split}"].reshape(n, 784), atol=1e-4)
         np.testing.assert_array_equal(out[f"y_{split}"], arrays[f"y_{split}"])
-    assert sorted(data.load_processed(tmp_path / "p.npz", "mnist")) == sorted(data.MNIST_KEYS)
+    assert sorted(load_processed(tmp_path / "p.npz", "mnist")) == sorted(SPLITS)
 
 
 def _blobs(tmp_path, n=400):
     gen = {"n_samples": n, "centers": [[-5, 2], [-2, -2], [1, 2], [5, -2]], "cluster_std": 1.0, "random_state": 30}
-    data.generate_blobs(gen, tmp_path / "raw.npz")
+    blobs.generate_blobs(gen, tmp_path / "raw.npz")
     return tmp_path / "raw.npz"
 
 
 def test_blobs_split_is_stratified_and_seeded(tmp_path):
     raw = _blobs(tmp_path)
     split = {"test_size": 0.25, "random_state": 0}
-    out = data.preprocess("blobs", split, raw, tmp_path / "a.npz")
+    out = blobs.preprocess_blobs(split, raw)
     assert out["x_train"].shape == (300, 2) and out["x_test"].shape == (100, 2)
     assert out["x_train"].dtype == np.float32
     assert np.bincount(out["y_test"]).tolist() == [25, 25, 25, 25]
-    again = data.preprocess("blobs", split, raw, tmp_path / "b.npz")
+    again = blobs.preprocess_blobs(split, raw)
     np.testing.assert_array_equal(out["x_test"], again["x_test"])
-    other = data.preprocess("blobs", {"test_size": 0.25, "random_state": 1}, raw, tmp_path / "c.npz")
+    other = blobs.preprocess_blobs({"test_size": 0.25, "random_state": 1}, raw)
     assert not np.array_equal(out["x_test"], other["x_test"])
 
 
 @pytest.mark.parametrize("test_size", [0, 1, 1.5, -0.2, "half"])
 def test_blobs_test_fraction_outside_zero_one_is_refused(tmp_path, test_size):
     raw = _blobs(tmp_path, n=40)
-    target = tmp_path / "p.npz"
     with pytest.raises(UserError, match=r"datasets.blobs.preprocess.test_size must be a number in \(0, 1\)"):
-        data.preprocess("blobs", {"test_size": test_size, "random_state": 0}, raw, target)
-    assert not target.exists()
+        blobs.preprocess_blobs({"test_size": test_size, "random_state": 0}, raw)
 
 
 def test_missing_input_names_the_stage_to_run(tmp_path):
     with pytest.raises(UserError, match="run its stage first: dvc repro fetch@blobs"):
-        data.preprocess("blobs", {"test_size": 0.2, "random_state": 0}, tmp_path / "nope.npz", tmp_path / "p.npz")
+        blobs.preprocess_blobs({"test_size": 0.2, "random_state": 0}, tmp_path / "nope.npz")
     with pytest.raises(UserError, match="dvc repro preprocess@mnist"):
-        data.load_processed(tmp_path / "nope.npz", "mnist")
+        load_processed(tmp_path / "nope.npz", "mnist")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing_array"])
+def test_a_damaged_file_names_itself_and_the_command_that_remakes_it(tmp_path, damage):
+    good = tmp_path / "good.npz"
+    save_arrays(good, {k: np.zeros(4, np.float32) for k in SPLITS})
+    bad = tmp_path / "p.npz"
+    if damage == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif damage == "garbage":
+        bad.write_bytes(b"not an npz file at all")
+    else:
+        save_arrays(bad, {"x_train": np.zeros(4, np.float32)})
+    with pytest.raises(UserError) as caught:
+        load_processed(bad, "mnist")
+    message = str(caught.value)
+    assert message.startswith(f"{bad} ") and message.endswith("remake it: dvc repro -f preprocess@mnist")
+    assert "\n" not in message

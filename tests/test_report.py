@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from logitlab.errors import UserError
-from logitlab.report import METRICS, VARIANT, pipeline_run_ids, summarize, to_markdown
+from helpers import ROOT
+from logitlab.report.table import METRICS, VARIANT, pipeline_runs, pipeline_variants, summarize, to_markdown
+from logitlab.schema import compose
 
 
 def fake_runs():
@@ -38,21 +40,23 @@ def test_markdown_shows_mean_plus_minus_std():
     assert markdown.splitlines()[0].startswith("| dataset")
 
 
-def test_no_trained_runs_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="no trained runs under .*; run the pipeline first: dvc repro"):
-        pipeline_run_ids(tmp_path)
+def test_the_pipeline_variants_are_the_dvc_matrices():
+    names = [v.variant for v in pipeline_variants(compose(ROOT))]
+    assert names[:4] == ["mnist-softmax", "mnist-logit", "mnist-softmax_strict", "mnist-sigmoid"]
+    assert "blobs-binary-sigmoid_strict" in names and "mnist-logit-gradient_tape" in names
+    assert len(names) == len(set(names)) == 16
 
 
-@pytest.mark.parametrize("override, message", [
-    ("report.runs=latest", "unknown report.runs 'latest'; valid: pipeline, experiment"),
-    ("report.digits=0", "report.digits must be a positive whole number, got 0"),
-])
-def test_bad_report_settings_are_user_errors(tmp_path, override, message):
-    from helpers import ROOT
-    from logitlab.config import compose_params
-    from logitlab.report import report
+def test_a_variant_without_files_names_its_stage(tmp_path):
+    cfg = compose(ROOT, [f"paths.metrics={tmp_path}", f"paths.predictions={tmp_path}"])
+    with pytest.raises(UserError, match=f"{tmp_path / 'mnist-softmax.json'} does not exist; run its stage first: "
+                                        "dvc repro train@mnist-softmax"):
+        pipeline_runs(cfg, ROOT)
 
-    cfg = compose_params(ROOT, [override, f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'"])
-    with pytest.raises(UserError, match=message):
-        report(cfg, ROOT, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+
+def test_a_damaged_metrics_file_names_the_command_that_remakes_it(tmp_path):
+    cfg = compose(ROOT, [f"paths.metrics={tmp_path}", f"paths.predictions={tmp_path}", "pipeline.datasets=[blobs]",
+                         "pipeline.heads=[logit]", "pipeline.binary_heads=[]", "pipeline.gradient_tape.datasets=[]"])
+    (tmp_path / "blobs-logit.json").write_text('{"test_loss": 0.1, "test_acc')
+    with pytest.raises(UserError, match=r"blobs-logit.json is damaged \(.*\); remake it: dvc repro -f train@blobs-logit$"):
+        pipeline_runs(cfg, ROOT)

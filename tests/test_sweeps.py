@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from helpers import ROOT, app, runs_of, subprocess_env, tiny_blobs
-from logitlab.config import compose_params
+from logitlab.schema import compose_params
 
 
 @pytest.fixture(scope="module")

@@ -1,48 +1,54 @@
-"""Training and evaluation of one variant land in one MLflow run, with every metric."""
+"""One variant, one process, one MLflow run: training, evaluation and the stage's files together."""
 
 import json
 import os
+from pathlib import Path
+
+import numpy as np
+import pytest
 from types import SimpleNamespace
 
-import pytest
-
 from helpers import ROOT
-from logitlab import stages, tracking
-from logitlab.config import compose_params
-from logitlab.errors import UserError
+from logitlab.data.preprocess import fetch, preprocess
+from logitlab.schema import TrackingConf, compose
+from logitlab.sweep import Job
+from logitlab.tracking.redaction import redact_text
+from logitlab.tracking.store import setup, tracking_uri
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 TEST_METRICS = ("test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max")
 
 
 def tiny_blobs_cfg(tmp, *extra):
-    return compose_params(ROOT, [
+    return compose(ROOT, [
         "dataset=blobs", "model.head=logit", "trainer.epochs=3", "datasets.blobs.fetch.n_samples=200",
         "evaluate.n_examples=3", f"paths.raw={tmp / 'raw'}", f"paths.processed={tmp / 'processed'}",
         f"tracking.uri='sqlite:///{tmp / 'store' / 'mlflow.db'}'", *extra,
     ])
 
 
+def job(directory: Path, **kw) -> Job:
+    return Job(multirun=kw.get("multirun", False), num=kw.get("num", 0), overrides=kw.get("overrides", []),
+               dir=directory, sweep_dir=directory.parent)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from logitlab.evaluation import evaluate
-    from logitlab.training import train
+    import mlflow
+
+    from logitlab.train.stage import Files, train
 
     tmp = tmp_path_factory.mktemp("tracking")
     (tmp / "store").mkdir()
     cfg = tiny_blobs_cfg(tmp)
-    stages.fetch(cfg, ROOT)
-    stages.preprocess(cfg, ROOT)
-    run_dir = tmp / "run"
-    run_id, last = train(cfg, ROOT, run_dir, "blobs-logit", {"extra": "tag"})
-    files = SimpleNamespace(metrics=tmp / "metrics.json", predictions=tmp / "predictions.json")
-    metrics = evaluate(cfg, ROOT, run_dir, files.metrics, files.predictions)
-
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking.tracking_uri(cfg.tracking, ROOT))
-    return SimpleNamespace(cfg=cfg, tmp=tmp, run_dir=run_dir, run_id=run_id, last=last, metrics=metrics, files=files,
-                           client=client)
+    fetch(cfg, ROOT)
+    preprocess(cfg, ROOT)
+    objective = train(cfg, ROOT, job(tmp / "job"))
+    client = mlflow.MlflowClient(tracking_uri(cfg.tracking, ROOT))
+    [run] = client.search_runs([client.get_experiment_by_name("logitlab").experiment_id])
+    files = Files.of(cfg, ROOT, tmp / "job")
+    return SimpleNamespace(cfg=cfg, tmp=tmp, run_id=run.info.run_id, objective=objective, files=files,
+                           metrics=json.loads(files.metrics.read_text()), client=client)
 
 
 def test_every_epoch_metric_is_logged_per_epoch(trained):
@@ -51,7 +57,8 @@ def test_every_epoch_metric_is_logged_per_epoch(trained):
         assert [m.step for m in history] == [0, 1, 2], name
     losses = [m.value for m in trained.client.get_metric_history(trained.run_id, "loss")]
     assert losses[-1] < losses[0]
-    assert trained.last["loss"] == pytest.approx(losses[-1]), "train returns the last epoch's metrics"
+    [val] = trained.client.get_metric_history(trained.run_id, "val_loss")[-1:]
+    assert trained.objective == pytest.approx(val.value), "train returns the last epoch's validation loss"
     [seconds] = trained.client.get_metric_history(trained.run_id, "train_seconds")
     assert 0 < seconds.value < 120, "the training's own time, for sweeps to weigh their overhead against"
 
@@ -64,7 +71,7 @@ def test_config_is_logged_as_params_with_dataset_and_head_tags(trained):
     assert run.data.params["model.layers"] == "[25, 15]"
     assert run.data.tags["dataset"] == "blobs" and run.data.tags["head"] == "logit"
     assert run.data.tags["task"] == "multiclass" and run.data.tags["trainer"] == "fit"
-    assert run.data.tags["logitlab.variant"] == "blobs-logit" and run.data.tags["extra"] == "tag"
+    assert run.data.tags["logitlab.variant"] == "blobs-logit"
     assert run.info.run_name == "blobs-logit" and run.info.status == "FINISHED"
 
 
@@ -76,65 +83,71 @@ def test_evaluation_lands_in_the_training_run(trained):
     assert 0.0 <= m["prob_min"] <= m["prob_max"] <= 1.0
     assert m["output_min"] < 0 < m["output_max"], "a logit head outputs raw logits, not probabilities"
     assert 0.25 < m["test_accuracy"] <= 1.0
-    assert json.loads(trained.files.metrics.read_text()) == pytest.approx(m)
+    assert run.data.tags["numerics.train_loss_path"] == "logits"
 
 
-def test_predictions_artifact_has_outputs_and_argmax(trained, tmp_path):
+def test_the_run_is_opened_once_and_lasts_as_long_as_the_variant(trained):
+    [run] = trained.client.search_runs([trained.client.get_experiment_by_name("logitlab").experiment_id])
+    assert run.info.run_id == trained.run_id
+    [seconds] = trained.client.get_metric_history(trained.run_id, "train_seconds")
+    duration = (run.info.end_time - run.info.start_time) / 1000
+    assert seconds.value <= duration < seconds.value + 60, "start to end: training, evaluation and files, no wait"
+
+
+def test_the_stage_files_hold_what_the_run_holds(trained, tmp_path):
+    files = trained.files
     local = trained.client.download_artifacts(trained.run_id, "predictions.json", str(tmp_path))
     logged = json.loads(open(local).read())
-    assert logged == json.loads(trained.files.predictions.read_text())
-    assert logged["head"] == "logit" and len(logged["examples"]) == 3
+    assert logged == json.loads(files.predictions.read_text())
+    assert logged["head"] == "logit" and logged["variant"] == "blobs-logit" and len(logged["examples"]) == 3
+    assert logged["stage"] == "train@blobs-logit" and logged["params"]["optimizer.lr"] == "0.001"
     for ex in logged["examples"]:
         assert len(ex["outputs"]) == 4 and ex["argmax"] == max(range(4), key=ex["outputs"].__getitem__)
         assert sum(ex["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    rows = [line.split("\t") for line in files.history.read_text().splitlines()]
+    assert rows[0] == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3"]
+    losses = [m.value for m in trained.client.get_metric_history(trained.run_id, "loss")]
+    assert [float(r[2]) for r in rows[1:]] == pytest.approx(losses), "the history file is the run's epoch metrics"
+    with np.load(files.model_dir / "outputs.npz") as npz:
+        assert npz["outputs"].shape == (40, 4) and npz["labels"].shape == (40,)
+    artifacts = {a.path for a in trained.client.list_artifacts(trained.run_id)}
+    assert {"model.keras", "outputs.npz", "predictions.json"} <= artifacts
     artifact_uri = trained.client.get_run(trained.run_id).info.artifact_uri
     assert artifact_uri.startswith((trained.tmp / "store" / "mlartifacts").as_uri()), "artifacts live beside the store"
 
 
-def test_rerunning_evaluation_adds_no_run(trained):
-    from logitlab.evaluation import evaluate
+def test_pipeline_layout_names_the_files_after_the_variant(tmp_path):
+    from logitlab.train.stage import Files
 
-    evaluate(trained.cfg, ROOT, trained.run_dir, trained.files.metrics, trained.files.predictions)
-    experiment = trained.client.get_experiment_by_name("logitlab")
-    runs = trained.client.search_runs([experiment.experiment_id])
-    assert [r.info.run_id for r in runs] == [trained.run_id]
-    assert len(trained.client.get_metric_history(trained.run_id, "test_loss")) == 2
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-
-
-def test_evaluating_a_run_missing_from_the_store_names_the_fix(trained, tmp_path):
-    from logitlab.evaluation import evaluate
-
-    info = json.loads((trained.run_dir / "run.json").read_text())
-    orphan = tmp_path / "run"
-    orphan.mkdir()
-    (orphan / "model.keras").write_bytes((trained.run_dir / "model.keras").read_bytes())
-    (orphan / "run.json").write_text(json.dumps(dict(info, run_id="0" * 32)))
-    with pytest.raises(UserError, match=f"run {'0' * 32} is not in the tracking store .*dvc repro -f the train stage of blobs-logit"):
-        evaluate(trained.cfg, ROOT, orphan, tmp_path / "m.json", tmp_path / "p.json")
-    assert not (tmp_path / "m.json").exists()
+    cfg = compose(ROOT, ["dataset=blobs", "task=binary", "model.head=sigmoid", "layout=pipeline",
+                         f"paths.models={tmp_path / 'm'}"])
+    files = Files.of(cfg, ROOT, tmp_path / "job")
+    assert files.model_dir == tmp_path / "m" / "blobs-binary-sigmoid"
+    assert files.metrics == ROOT / "metrics" / "blobs-binary-sigmoid.json"
+    assert files.history == ROOT / "history" / "blobs-binary-sigmoid.tsv"
 
 
 def test_default_store_is_at_the_project_root_whatever_the_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert tracking.tracking_uri({"uri": None}, ROOT) == f"sqlite:///{ROOT / 'mlflow.db'}"
+    assert tracking_uri(TrackingConf(uri=None), ROOT) == f"sqlite:///{ROOT / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.tracking_uri({"uri": None}, ROOT) == "http://127.0.0.1:5999"
-    assert tracking.tracking_uri({"uri": "sqlite:////x/y.db"}, ROOT) == "sqlite:////x/y.db"
+    assert tracking_uri(TrackingConf(uri=None), ROOT) == "http://127.0.0.1:5999"
+    assert tracking_uri(TrackingConf(uri="sqlite:////x/y.db"), ROOT) == "sqlite:////x/y.db"
 
 
 def test_redact_hides_passwords():
-    assert tracking.redact("postgresql://bob:s3cret@db:5432/ml") == "postgresql://bob:***@db:5432/ml"
-    assert tracking.redact("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    assert redact_text("postgresql://bob:s3cret@db:5432/ml") == "postgresql://bob:***@db:5432/ml"
+    assert redact_text("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
 
 
 def test_setup_leaves_the_users_environment_alone(tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.setup({"uri": f"sqlite:///{tmp_path / 'a.db'}", "experiment": "logitlab"}, ROOT)
+    setup(TrackingConf(uri=f"sqlite:///{tmp_path / 'a.db'}"), ROOT)
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'a.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
-    tracking.setup({"uri": f"sqlite:///{tmp_path / 'a.db'}", "experiment": "logitlab"}, ROOT)
+    setup(TrackingConf(uri=f"sqlite:///{tmp_path / 'a.db'}"), ROOT)
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"

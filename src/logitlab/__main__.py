@@ -12,7 +12,7 @@ LOOPBACK = "127.0.0.1"
 
 
 def _params(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from logitlab.config import PARAMS_FILE, params_drift, write_params
+    from logitlab.schema import PARAMS_FILE, params_drift, write_params
 
     root = args.root.resolve()
     if not (root / "conf" / "config.yaml").is_file():
@@ -31,7 +31,7 @@ def _params(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """`mlflow server` with proxied artifacts; the backend URI goes through the environment
     (MLFLOW_BACKEND_STORE_URI), so its password never shows in the process list."""
-    from logitlab.tracking import DEFAULT_DB, project_root
+    from logitlab.tracking.store import DEFAULT_DB, project_root
 
     root = project_root(args.root.resolve())
     backend = args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or f"sqlite:///{root / DEFAULT_DB}"
@@ -43,7 +43,7 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
 
 
 def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from logitlab.tracking import redact
+    from logitlab.tracking.redaction import redact_text as redact
 
     cmd, env = server_command(args)
     if args.host != LOOPBACK:

@@ -12,7 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf.errors import OmegaConfBaseException as OmegaConfError
+
 from logitlab.errors import UserError, first_line
+from logitlab.schema import composition_error, load, register
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
@@ -38,8 +41,8 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
 
+    register()
     parser = OverridesParser.create()
     parsed = []
     for line in overrides:
@@ -67,31 +70,10 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
                                     f"valid: {', '.join(options)}")
         single = [s for s in map(_single_value, parsed) if s is not None]
         try:
-            compose(config_name=config_name, overrides=single, return_hydra_config=True)
-        except (HydraException, OmegaConfBaseException, ValueError) as exc:
-            raise UserError(_composition_error(exc, single, compose(config_name=config_name))) from None
-
-
-def _composition_error(exc: BaseException, overrides: Sequence[str], base) -> str:
-    """One line for a failed composition; an unknown key lists the keys its parent has."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
-
-    missing = (ConfigKeyError, ConfigAttributeError)
-    cause = exc.__cause__ if isinstance(exc.__cause__, missing) else exc
-    key = getattr(cause, "full_key", None)
-    if isinstance(cause, missing) and key:
-        parent_key, _, leaf = str(key).rpartition(".")
-        parent = OmegaConf.select(base, parent_key) if parent_key else base
-        line = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), key)
-        if isinstance(parent, DictConfig):
-            where = f"under {parent_key}" if parent_key else "at the top level"
-            return (f"unknown key {key!r} in override {line!r}; valid {where}: {', '.join(map(str, parent))} "
-                    f"(prefix + to add a new key)")
-    message = first_line(exc)
-    if cause is not exc:
-        message += " " + first_line(cause)
-    return f"cannot apply the overrides {' '.join(overrides)}: {message}"
+            cfg = compose(config_name=config_name, overrides=single, return_hydra_config=True)
+        except (HydraException, OmegaConfError, ValueError) as exc:
+            raise UserError(composition_error(exc, single)) from None
+    load(cfg)  # the schema's checks: ranges, a head that fits the task, a dataset that exists
 
 
 def check_command_line(script: str, config_path: str, config_name: str, argv: Sequence[str] | None = None) -> None:

@@ -19,11 +19,15 @@ import logging
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from logitlab.errors import RunFailed, UserError
+from logitlab.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +40,32 @@ PARENT_TAG = "mlflow.parentRunId"
 TRACKED_APPS = ("train",)
 
 
-def config_root(config: DictConfig) -> Path:
-    """The project root of a composed config: the folder of its primary config (params.yaml, as DVC
-    stages use), or the parent of `conf/` (config.yaml, as sweeps use)."""
-    for source in config.hydra.runtime.config_sources:
+@dataclass(frozen=True)
+class Job:
+    """The Hydra job a stage runs in."""
+
+    multirun: bool
+    num: int              # the job's number in its sweep (0 for a single run)
+    overrides: list[str]  # the job's own overrides
+    dir: Path             # its output folder
+    sweep_dir: Path       # its sweep's folder (multirun)
+
+
+def current_job() -> Job:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return Job(multirun=multirun, num=hc.job.num if multirun else 0,  # only multirun jobs are numbered
+               overrides=list(hc.overrides.task), dir=Path(hc.runtime.output_dir),
+               sweep_dir=Path(str(hc.sweep.dir)).resolve())
+
+
+def config_root(hydra: Any) -> Path:
+    """The project root of a composed config (`hydra`: its hydra node): the folder of its primary
+    config (params.yaml, as DVC stages use), or the parent of `conf/` (config.yaml, as sweeps use)."""
+    for source in hydra.runtime.config_sources:
         if source.provider == "main" and source.schema == "file":
             path = Path(source.path)
             return path.parent if path.name == "conf" else path
@@ -54,8 +80,6 @@ def read_sweep(sweep_dir: Path) -> dict[str, Any] | None:
 def record_failure(sweep_dir: Path, num: int, overrides: list[str], message: str) -> None:
     """One failed job of the sweep running in `sweep_dir` (read by MlflowSweep.on_multirun_end)."""
     info = read_sweep(sweep_dir) or {}
-    from logitlab.tracking import write_json
-
     write_json(sweep_dir / FAILED_DIR / f"{num}.json",
            {"sweep_id": info.get("sweep_id"), "num": num, "overrides": overrides, "error": message})
 
@@ -73,8 +97,6 @@ class MlflowSweep(Callback):
         self.apps = tuple(apps)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from logitlab.errors import RunFailed, UserError
-
         try:
             self._start(config)
         except (UserError, RunFailed) as exc:  # Hydra would only warn, and launch every job into the error
@@ -82,9 +104,12 @@ class MlflowSweep(Callback):
             sys.exit(exc.exit_code)
 
     def _start(self, config: DictConfig) -> None:
-        from logitlab import tracking
+        from logitlab.schema import load
+        from logitlab.tracking.reaper import process_tags, reap_stale
+        from logitlab.tracking.redaction import redact_logs, redact_text
+        from logitlab.tracking.store import runs_link, setup, store_call
 
-        tracking.redact_logs()
+        redact_logs()
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -92,19 +117,19 @@ class MlflowSweep(Callback):
         if config.hydra.job.name in self.apps:
             import mlflow
 
-            root = config_root(config)
-            experiment_id = tracking.setup(config.tracking, root)
-            tracking.reap_stale(experiment_id, "sweep start")
-            overrides = tracking.redact_text(" ".join(config.hydra.overrides.task))
+            root = config_root(config.hydra)
+            experiment_id = setup(load(config).tracking, root)
+            reap_stale(experiment_id, "sweep start")
+            overrides = redact_text(" ".join(config.hydra.overrides.task))
             tags = {KIND_TAG: "sweep", SWEEP_TAG: sweep_id, "hydra.overrides": overrides,
                     "hydra.sweep.dir": str(sweep_dir), "hydra.sweeper": str(config.hydra.sweeper._target_),
-                    "hydra.launcher": str(config.hydra.launcher._target_), **tracking.process_tags()}
+                    "hydra.launcher": str(config.hydra.launcher._target_), **process_tags()}
             client = mlflow.MlflowClient()
-            parent = tracking.store_call("start the sweep's run", client.create_run, experiment_id,
+            parent = store_call("start the sweep's run", client.create_run, experiment_id,
                                          run_name=f"sweep-{sweep_id}", tags=tags)
             info["parent_run_id"] = parent.info.run_id
-            log.info("sweep %s: parent run %s (%s)", sweep_id, parent.info.run_id, tracking.runs_link(experiment_id))
-        tracking.write_json(sweep_dir / SWEEP_FILE, info)
+            log.info("sweep %s: parent run %s (%s)", sweep_id, parent.info.run_id, runs_link(experiment_id))
+        write_json(sweep_dir / SWEEP_FILE, info)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
@@ -114,8 +139,6 @@ class MlflowSweep(Callback):
         failed = failures(sweep_dir, info["sweep_id"])
         exit_code = 1 if failed else 0
         if info.get("parent_run_id"):
-            from logitlab.errors import RunFailed
-
             try:
                 self._close_parent(config, info["parent_run_id"], len(failed))
             except RunFailed as exc:  # the store went away: the parent stays RUNNING until reaped
@@ -134,21 +157,22 @@ class MlflowSweep(Callback):
     def _close_parent(config: DictConfig, parent_run_id: str, n_failed: int) -> None:
         import mlflow
 
-        from logitlab import tracking
+        from logitlab.schema import load
+        from logitlab.tracking.store import setup, store_call
 
-        tracking.setup(config.tracking, config_root(config))
+        setup(load(config).tracking, config_root(config.hydra))
         client = mlflow.MlflowClient()
-        children = tracking.store_call("read the sweep's runs", client.search_runs,
+        children = store_call("read the sweep's runs", client.search_runs,
                                        [client.get_run(parent_run_id).info.experiment_id],
                                        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
         statuses = [r.info.status for r in children]
         counts = {s: statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
         metrics = {f"jobs_{s.lower()}": float(n) for s, n in counts.items()}
         metrics["jobs_failed_before_run"] = float(max(0, n_failed - counts["FAILED"] - counts["KILLED"]))
-        tracking.store_call("log the sweep's counts", client.log_batch, parent_run_id,
+        store_call("log the sweep's counts", client.log_batch, parent_run_id,
                             metrics=[_metric(k, v) for k, v in metrics.items()])
         ok = n_failed == 0 and counts["FINISHED"] == len(statuses)
-        tracking.store_call("end the sweep's run", client.set_terminated, parent_run_id, "FINISHED" if ok else "FAILED")
+        store_call("end the sweep's run", client.set_terminated, parent_run_id, "FINISHED" if ok else "FAILED")
 
 
 def _metric(key: str, value: float) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from logitlab.heads import head_spec
+from logitlab.model.heads import head_spec
 
 HEAD_LAYER = "head"
 

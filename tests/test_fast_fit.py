@@ -5,8 +5,12 @@ import keras
 import numpy as np
 import pytest
 
-from logitlab import compiled, tracking
-from logitlab.models import build_model, compile_model
+from logitlab.errors import StoreUnavailable
+from logitlab.model.build import build_model, compile_model
+from logitlab.schema import TrackingConf
+from logitlab.tracking.runs import RunLog
+from logitlab.tracking.store import setup
+from logitlab.train import fast_fit as compiled
 
 N, FEATURES, CLASSES, BATCH = 103, 6, 3, 16  # 103 examples: a partial last batch, with or without validation
 
@@ -132,14 +136,14 @@ def run(tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.setup({"uri": uri, "experiment": "logitlab", "retries": 1, "backoff_s": 0.01, "timeout_s": 5}, tmp_path)
+    setup(TrackingConf(uri=uri, retries=1, backoff_s=0.01, timeout_s=5), tmp_path)
     with mlflow.start_run() as active:
         yield mlflow.MlflowClient(uri), active.info.run_id
 
 
 def test_metrics_sent_without_waiting_are_all_in_the_store_after_flush(run):
     client, run_id = run
-    metrics = tracking.RunLog(run_id)
+    metrics = RunLog(run_id)
     for epoch in range(5):
         metrics.log({"loss": 1.0 / (epoch + 1), "accuracy": epoch / 5}, step=epoch)
     metrics.flush()
@@ -156,7 +160,7 @@ class _FailedWrite:
 
 def test_a_failed_background_write_is_sent_again(run, monkeypatch):
     client, run_id = run
-    metrics = tracking.RunLog(run_id)
+    metrics = RunLog(run_id)
     real = metrics._client.log_batch
     calls = []
 
@@ -173,7 +177,7 @@ def test_a_failed_background_write_is_sent_again(run, monkeypatch):
 
 def test_a_store_that_stays_down_fails_the_flush(run, monkeypatch):
     _, run_id = run
-    metrics = tracking.RunLog(run_id)
+    metrics = RunLog(run_id)
 
     def down(run_id, metrics=(), params=(), synchronous=None):
         if synchronous is False:
@@ -182,7 +186,7 @@ def test_a_store_that_stays_down_fails_the_flush(run, monkeypatch):
 
     monkeypatch.setattr(metrics._client, "log_batch", down)
     metrics.log({"loss": 0.5}, step=3)
-    with pytest.raises(tracking.StoreUnavailable, match="failed to log step 3 metrics: connection refused"):
+    with pytest.raises(StoreUnavailable, match="failed to log step 3 metrics: connection refused"):
         metrics.flush()
 
 
@@ -190,7 +194,7 @@ def test_a_store_that_stays_down_fails_the_flush(run, monkeypatch):
 def test_evaluate_and_forward_give_what_keras_evaluate_and_predict_give(data, head):
     """The loss still takes the head's own path (the logits of a softmax head, the clipped
     probabilities of a strict one): the same test_step, the same batches."""
-    from logitlab.models import forward
+    from logitlab.model.build import forward
 
     x, y = data
     model = new_model(head=head)

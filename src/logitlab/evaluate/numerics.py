@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from scipy.special import log_expit, logsumexp
 
-from logitlab.heads import head_spec
+from logitlab.model.heads import head_spec
 
 EPSILON = 1e-7                      # keras.config.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON]
 CLIP_CEILING = float(-np.log(np.float32(EPSILON)))  # 16.118..., the largest loss the probability path can give
@@ -139,7 +139,7 @@ def numerics(
     """Metrics and tags that tell the heads apart numerically, on a test set (x, y).
 
     `outputs`, the model's predictions on x, when the caller has them already."""
-    from logitlab.models import forward, head_inputs, head_weights
+    from logitlab.model.build import forward, head_inputs, head_weights
 
     h = head_inputs(model, x, batch)
     kernel, bias = head_weights(model)

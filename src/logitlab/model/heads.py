@@ -1,4 +1,4 @@
-"""The heads each task offers: pure data, importable without TensorFlow (validation uses it).
+"""The heads each task offers: pure data, importable without TensorFlow (the schema checks against it).
 
 Multi-class (`task=multiclass`, labels 0..k-1, k outputs):
 - `softmax`: softmax outputs, `SparseCategoricalCrossentropy()`;
@@ -44,14 +44,16 @@ HEADS: dict[str, dict[str, Head]] = {
 }
 
 
-def check_task(task: Any) -> str:
+def check_head(task: Any, head: Any) -> Head:
+    """The head `head` of `task`, or a UserError naming the heads the task has."""
     if task not in HEADS:
         raise UserError(f"unknown task {task!r}; valid: {', '.join(HEADS)}")
-    return task
-
-
-def head_spec(task: Any, head: Any) -> Head:
-    heads = HEADS[check_task(task)]
+    heads = HEADS[task]
     if head not in heads:
         raise UserError(f"unknown model.head {head!r} for task {task}; valid: {', '.join(heads)}")
     return heads[head]
+
+
+def head_spec(task: str, head: str) -> Head:
+    """The head of a checked config (logitlab.schema.check has refused any other)."""
+    return HEADS[task][head]

@@ -1,0 +1,47 @@
+"""Blobs: the reference's make_blobs, split into a stratified, seeded train and test set."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitlab.files import load_arrays, save_arrays
+from logitlab.schema import fraction
+
+log = logging.getLogger(__name__)
+
+
+def generate_blobs(gen: Mapping[str, Any], target: Path) -> str:
+    """sklearn's make_blobs with the configured parameters."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(
+        n_samples=gen["n_samples"],
+        centers=np.asarray(gen["centers"], dtype=np.float64),
+        cluster_std=gen["cluster_std"],
+        random_state=gen["random_state"],
+    )
+    save_arrays(target, {"x": x, "y": y})
+    log.info("blobs: %d samples, %d classes -> %s", len(x), len(np.unique(y)), target)
+    return "make_blobs"
+
+
+def preprocess_blobs(split: Mapping[str, Any], raw: Path) -> dict[str, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    arrays = load_arrays(raw, ("x", "y"), remake="dvc repro -f fetch@blobs")
+    test_size = fraction(split["test_size"], "datasets.blobs.preprocess.test_size")
+    x_train, x_test, y_train, y_test = train_test_split(
+        arrays["x"], arrays["y"], test_size=test_size,
+        random_state=split["random_state"], stratify=arrays["y"],
+    )
+    return {
+        "x_train": x_train.astype(np.float32), "y_train": y_train.astype(np.int32),
+        "x_test": x_test.astype(np.float32), "y_test": y_test.astype(np.int32),
+    }
+
+

@@ -1,0 +1,69 @@
+"""Test-set evaluation of a trained model: loss, accuracy, the min/max of raw outputs and
+probabilities, the numerics that tell the heads apart, and the raw outputs themselves. Pure
+computation: the train stage sends the result to its files and its MLflow run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from logitlab.evaluate.numerics import numerics, predicted_class, probabilities
+from logitlab.model.build import forward
+from logitlab.train import fast_fit
+
+OUTPUTS_FILE = "outputs.npz"
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]        # test_loss, test_accuracy, output/prob extremes, numerics
+    tags: dict[str, str]             # numerics.train_loss_path, ...
+    examples: list[dict[str, Any]]   # the first test examples: outputs, probabilities, argmax, label
+    outputs: np.ndarray              # every raw test output
+    probabilities: np.ndarray
+    labels: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What outputs.npz holds (the report's histograms read it)."""
+        return {"outputs": self.outputs, "probabilities": self.probabilities, "labels": self.labels}
+
+
+def output_stats(outputs: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    return {
+        "output_min": float(outputs.min()),
+        "output_max": float(outputs.max()),
+        "prob_min": float(probs.min()),
+        "prob_max": float(probs.max()),
+    }
+
+
+def examples(outputs: np.ndarray, probs: np.ndarray, labels: np.ndarray, task: str, n: int) -> list[dict[str, Any]]:
+    """The first `n` test examples: raw output vector, probabilities, predicted category, true label."""
+    predicted = predicted_class(probs, task)
+    return [
+        {
+            "index": i,
+            "label": int(labels[i]),
+            "outputs": [float(v) for v in outputs[i]],
+            "probabilities": [float(v) for v in probs[i]],
+            "argmax": int(predicted[i]),
+        }
+        for i in range(min(n, len(outputs)))
+    ]
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, task: str, head: str, batch: int,
+             n_examples: int) -> Evaluation:
+    """Evaluate `model` on the test set (x, y), labels `y` as the task trains on them."""
+    scores = fast_fit.evaluate(model, x, y, batch)
+    outputs = forward(model, x, batch)
+    probs = probabilities(outputs, task, head)
+    labels = y.reshape(-1).astype(np.int64)
+    metrics = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"]),
+               **output_stats(outputs, probs)}
+    extra, tags = numerics(model, x, labels, task, head, batch, outputs)
+    metrics.update(extra)
+    return Evaluation(metrics, tags, examples(outputs, probs, labels, task, n_examples), outputs, probs, labels)

@@ -1,0 +1,103 @@
+"""Files the pipeline writes and reads: written atomically, read with a clear word when damaged.
+
+Every file is written to a temporary name beside its target, then renamed into place: a failed or
+interrupted stage never leaves a partial file at an output path. A file that cannot be read (missing,
+truncated, not what it should be) is a UserError naming the file and the DVC command that remakes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitlab.errors import UserError
+
+_CHUNK = 1 << 20
+# What reading a damaged .npz, .json or .keras file raises.
+DAMAGED = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` (same suffix), renamed onto it only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """`payload` as indented JSON, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def save_arrays(target: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Uncompressed .npz, written atomically."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def require(path: Path, remake: str) -> Path:
+    """`path`, or a UserError naming the command that makes it."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run its stage first: {remake.replace(' -f ', ' ')}")
+    return path
+
+
+def damaged(path: Path, exc: BaseException, remake: str) -> UserError:
+    """The one line for a file that exists but cannot be read."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"{path} is damaged ({reason[:200]}); remake it: {remake}")
+
+
+def load_arrays(path: Path, keys: tuple[str, ...], *, remake: str) -> dict[str, np.ndarray]:
+    """Arrays from an .npz this pipeline wrote; a missing, truncated or incomplete file names `remake`,
+    the command that makes it again (e.g. `dvc repro -f preprocess@mnist`)."""
+    require(path, remake)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise UserError(f"{path} lacks arrays {missing}; remake it: {remake}")
+            return {k: npz[k] for k in keys}
+    except DAMAGED as exc:
+        raise damaged(path, exc, remake) from None
+
+
+def read_json(path: Path, *, remake: str) -> Any:
+    require(path, remake)
+    try:
+        return json.loads(path.read_text())
+    except DAMAGED as exc:
+        raise damaged(path, exc, remake) from None

@@ -1,0 +1,88 @@
+"""The report stage: the comparison table (summary.csv, summary.md) and the pictures (plots/), made
+from the pipeline's own files (`report.runs=pipeline`, what the DVC stage does: no tracking store
+needed) or from every run of the MLflow experiment (`report.runs=experiment`, after sweeps); then
+sent to MLflow as a run named `report`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from logitlab.data.preprocess import load_processed
+from logitlab.files import atomic_path, write_text
+from logitlab.report.plots import Artifact, plot_decision_regions, plot_digits
+from logitlab.report.table import experiment_runs, pipeline_runs, summarize, to_markdown
+from logitlab.schema import Config, ReportRuns, under_root
+from logitlab.sweep import Job
+from logitlab.tracking.runs import open_store, tracked_run
+from logitlab.tracking.store import store_call
+
+log = logging.getLogger(__name__)
+
+KIND_TAG = "logitlab.kind"
+
+
+def _local(row: pd.Series, name: str) -> Path:
+    return Path(row["artifacts"]) / name
+
+
+def _from_mlflow(tmp: Path) -> Artifact:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+
+    def artifact(row: pd.Series, name: str) -> Path:
+        return Path(store_call(f"download {name} of run {row['run_id']}", client.download_artifacts,
+                               row["run_id"], name, str(tmp / row["run_id"])))
+
+    return artifact
+
+
+def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
+    """Write summary.csv, summary.md and plots/ to report.out_dir (null: the job's folder), and log
+    them as a report run."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    out_dir = under_root(root, cfg.report.out_dir) if cfg.report.out_dir is not None else job.dir
+    pipeline = cfg.report.runs == ReportRuns.pipeline
+    runs = pipeline_runs(cfg, root) if pipeline else None  # the pipeline's files first: no store needed to fail
+    open_store(cfg.tracking, root, "the report stage")
+    if runs is None:
+        runs = experiment_runs(cfg.tracking.experiment)
+    table = summarize(runs)
+
+    plots = out_dir / "plots"
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        artifact = _local if pipeline else _from_mlflow(tmp / "artifacts")
+        drawn = tmp / "plots"  # drawn aside, so that a failure leaves the last report as it was
+        drawn.mkdir()
+        if (runs["tags.dataset"] == "mnist").any():
+            mnist = load_processed(cfg.path(root, "processed", "mnist"), "mnist")
+            plot_digits(runs, artifact, drawn, mnist["x_test"], min(cfg.report.digits, len(mnist["x_test"])))
+        if (runs["tags.dataset"] == "blobs").any():
+            blobs = load_processed(cfg.path(root, "processed", "blobs"), "blobs")
+            plot_decision_regions(runs, artifact, drawn, blobs["x_test"], blobs["y_test"],
+                                  cfg.datasets["blobs"].binary.positive_class)
+        plots.mkdir(parents=True, exist_ok=True)
+        for stale in plots.glob("*.png"):
+            stale.unlink()
+        written = [Path(shutil.move(str(png), plots / png.name)) for png in sorted(drawn.glob("*.png"))]
+
+    with atomic_path(out_dir / "summary.csv") as tmp_csv:
+        table.to_csv(tmp_csv, index=False)
+    write_text(out_dir / "summary.md", to_markdown(table) + "\n")
+    with tracked_run(cfg.tracking, root, found_by="report", run_name="report",
+                     tags={KIND_TAG: "report", "report.runs": str(cfg.report.runs)}):
+        store_call("log the report", mlflow.log_metric, "report_variants", len(table))
+        store_call("log the report", mlflow.log_artifact, str(out_dir / "summary.csv"))
+        store_call("log the report", mlflow.log_artifact, str(out_dir / "summary.md"))
+        store_call("log the report", mlflow.log_artifacts, str(plots), artifact_path="plots")
+    log.info("report of %d runs, %d variants, %d plots -> %s", len(runs), len(table), len(written), out_dir)
+    return table

@@ -1,0 +1,165 @@
+"""A run's life: started (or nested under a sweep's run), owned by this process, fed params and
+metrics without waiting for the store, and ended FINISHED, FAILED (an error, a diverged loss) or
+KILLED (SIGTERM, Ctrl-C), the reason in `logitlab.status_reason`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from logitlab.errors import Diverged, Interrupted, StoreUnavailable, first_line
+from logitlab.tracking.reaper import TAG_REASON, process_tags, reap_stale
+from logitlab.tracking.redaction import redact_text
+from logitlab.tracking.store import setup, store_call
+
+log = logging.getLogger(__name__)
+
+TAG_EPOCH = "logitlab.failed_epoch"
+
+
+def open_store(tracking: Any, root: Path, found_by: str) -> str:
+    """What every stage that talks to the store does first: point MLflow at it (a clear error within
+    seconds if it does not answer) and mark KILLED the runs that dead processes left RUNNING."""
+    experiment_id = setup(tracking, root)
+    reap_stale(experiment_id, found_by)
+    return experiment_id
+
+
+class RunLog:
+    """A run's params and metrics, sent without waiting for the store (MLflow's async logging:
+    training goes on while a background thread writes), and every write checked by `flush`: a failed
+    write is sent again synchronously with store_call's bounded retries, so nothing vanishes silently
+    (as with mlflow.keras.MlflowCallback) and a store that stays down fails the run."""
+
+    def __init__(self, run_id: str) -> None:
+        import mlflow
+
+        # MLflow's writer thread otherwise waits on its queue with a 1 s timeout, and ending the run
+        # waits for that thread: ~1 s lost per run. Buffering, it sleeps on an event that ending (and
+        # flush) sets at once, and merges what arrived meanwhile into one write.
+        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+        self.run_id = run_id
+        self._client = mlflow.MlflowClient()
+        self._pending: list[tuple[str, dict[str, list[Any]], Any]] = []
+
+    def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.log_batch(f"log step {step} metrics", metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # the most one MLflow batch takes
+            self.log_batch("log params", params=items[start:start + 100])
+
+    def log_batch(self, what: str, metrics: list[Any] = (), params: list[Any] = ()) -> None:
+        batch = {"metrics": list(metrics), "params": list(params)}
+        operations = store_call(what, self._client.log_batch, self.run_id, **batch, synchronous=False)
+        self._pending.append((what, batch, operations))
+
+    def flush(self) -> None:
+        """Wait for every write sent so far; resend the failed ones synchronously."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        pending, self._pending = self._pending, []
+        if pending:
+            mlflow.flush_async_logging()  # write what is buffered now rather than at the next wake-up
+        for what, batch, operations in pending:
+            try:
+                operations.wait()
+            except MlflowException as exc:
+                log.warning("tracking store: async write failed (%s): %s; writing again",
+                            what, redact_text(first_line(exc))[:300])
+                store_call(what, self._client.log_batch, self.run_id, **batch)
+
+
+_pending: dict[str, str | None] = {"signal": None}
+
+
+@contextlib.contextmanager
+def interrupts_end_the_run() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise Interrupted (a KeyboardInterrupt). The signal is
+    also remembered, and `check_interrupted` (called every epoch) raises it again: an exception raised
+    while Python runs a destructor or a callback is printed and dropped, and the run must still end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        _pending["signal"] = signal.Signals(signum).name
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _pending["signal"] = None
+
+
+def check_interrupted() -> None:
+    """Raise Interrupted if SIGTERM or SIGINT arrived during the run (see interrupts_end_the_run)."""
+    if _pending["signal"]:
+        raise Interrupted(_pending["signal"])
+
+
+def _end(run_id: str, status: str, tags: Mapping[str, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        store_call("tag the run's end", client.set_tag, run_id, key, value)
+    store_call(f"end the run as {status}", mlflow.end_run, status)
+
+
+@contextlib.contextmanager
+def tracked_run(tracking: Any, root: Path, *, found_by: str, run_name: str | None = None,
+                tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> Iterator[Any]:
+    """Start a run in the project's store, owned by this process.
+
+    The run ends FINISHED, or KILLED on SIGTERM and Ctrl-C, or FAILED on any error, the reason in
+    its tags; the exception then goes on."""
+    import mlflow
+
+    setup(tracking, root)
+    run = store_call("start a run", mlflow.start_run, run_name=run_name, parent_run_id=parent_run_id,
+                     tags={**(tags or {}), **process_tags()})
+    rid = run.info.run_id
+    try:
+        with interrupts_end_the_run():
+            yield run
+    except KeyboardInterrupt as exc:
+        name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+        _end_after_error(rid, "KILLED", {TAG_REASON: f"interrupted by {name} during {found_by}"})
+        raise
+    except Diverged as exc:
+        _end_after_error(rid, "FAILED", {TAG_REASON: str(exc), TAG_EPOCH: str(exc.epoch)})
+        raise
+    except BaseException as exc:
+        _end_after_error(rid, "FAILED", {TAG_REASON: redact_text(f"{type(exc).__name__}: {exc}")[:5000]})
+        raise
+    _end(rid, "FINISHED", {})
+
+
+def _end_after_error(run_id: str, status: str, tags: Mapping[str, str]) -> None:
+    """End the run while another exception is on its way; a store failing now is logged, not raised
+    over the original error (and the run's dead process gets it reaped later)."""
+    try:
+        _end(run_id, status, tags)
+    except StoreUnavailable as exc:
+        log.error("could not mark run %s %s: %s", run_id, status, exc)
+
+
+# --------------------------------------------------------------------------- secrets

@@ -1,0 +1,149 @@
+"""The train stage: one variant, one process, one MLflow run.
+
+It trains `cfg.model.head` on `cfg.dataset` for `cfg.task`, evaluates the model on the test set in
+the same process, writes the stage's files, and sends the same to one MLflow run, opened once and
+closed once (so the run's duration is the variant's real time). Its files, by `outputs`:
+
+  pipeline (the DVC stages)        job (runs and sweeps: the Hydra job's folder)
+  paths.models/<variant>/          model.keras, outputs.npz (every test output, probabilities, label)
+  paths.metrics/<variant>.json     metrics.json: test metrics and numerics (dvc metrics show)
+  paths.history/<variant>.tsv      history.tsv: one row per epoch (dvc plots show, x: epoch)
+  paths.predictions/<variant>.json predictions.json: the variant, its params, its first test outputs
+
+Nothing here reads MLflow to make these files: a DVC stage reproduces without any tracking store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from logitlab.data.preprocess import load_processed, remake_processed, task_labels
+from logitlab.errors import StoreUnavailable
+from logitlab.evaluate.metrics import OUTPUTS_FILE, Evaluation, evaluate
+from logitlab.files import atomic_path, require, save_arrays, write_json, write_text
+from logitlab.schema import Config, Layout, run_params
+from logitlab.sweep import SWEEP_TAG, Job, read_sweep
+from logitlab.tracking.redaction import redact_text
+from logitlab.tracking.runs import RunLog, open_store, tracked_run
+from logitlab.tracking.store import runs_link, store_call
+from logitlab.train.loop import MODEL_FILE, fit_compiled, prepare
+from logitlab.train.tape import fit_gradient_tape
+
+log = logging.getLogger(__name__)
+
+TRAINERS = {"fit": fit_compiled, "gradient_tape": fit_gradient_tape}
+HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE = "history.tsv", "metrics.json", "predictions.json"
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where one variant's files go."""
+
+    model_dir: Path
+    metrics: Path
+    history: Path
+    predictions: Path
+
+    @classmethod
+    def of(cls, cfg: Config, root: Path, job_dir: Path) -> Files:
+        if cfg.layout == Layout.pipeline:
+            name = cfg.variant
+            return cls(cfg.path(root, "models") / name, cfg.path(root, "metrics") / f"{name}.json",
+                       cfg.path(root, "history") / f"{name}.tsv", cfg.path(root, "predictions") / f"{name}.json")
+        return cls(job_dir, job_dir / METRICS_FILE, job_dir / HISTORY_FILE, job_dir / PREDICTIONS_FILE)
+
+
+def history_tsv(history: list[dict[str, float]]) -> str:
+    """One row per epoch (counted from 1), for `dvc plots` with x: epoch."""
+    columns = list(history[0]) if history else []
+    rows = ["\t".join(["epoch", *columns])]
+    rows += ["\t".join([str(epoch), *(repr(float(logs[c])) for c in columns)]) for epoch, logs in enumerate(history, 1)]
+    return "\n".join(rows) + "\n"
+
+
+def identity(cfg: Config) -> dict[str, str]:
+    """The tags that say which variant a run is."""
+    return {"dataset": cfg.dataset, "task": str(cfg.task), "head": cfg.model.head, "trainer": str(cfg.trainer.name),
+            "logitlab.variant": cfg.variant}
+
+
+def train(cfg: Config, root: Path, job: Job) -> float:
+    """Train, evaluate and record one variant. Returns the last epoch's validation loss (training loss
+    without validation): the objective a sweeper such as optuna minimizes.
+
+    A diverged loss ends the run FAILED and writes no file."""
+    processed = require(cfg.path(root, "processed"), remake_processed(cfg.dataset))
+    data = load_processed(processed, cfg.dataset)  # a damaged file fails before the store is touched
+    open_store(cfg.tracking, root, "the train stage")  # and a store that does not answer fails now
+    model, x, y = prepare(cfg, data)
+
+    tags = {**identity(cfg), "hydra.job.num": str(job.num), "hydra.overrides": redact_text(" ".join(job.overrides))}
+    parent = None
+    if job.multirun:
+        sweep = read_sweep(job.sweep_dir) or {}
+        parent = sweep.get("parent_run_id")
+        tags[SWEEP_TAG] = sweep.get("sweep_id", "")
+    if os.environ.get("DVC_EXP_NAME"):  # a `dvc exp run`: name the experiment its runs belong to
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    run_name = f"{cfg.variant}-{job.num}" if job.multirun else cfg.variant
+    params = {k: redact_text(v) for k, v in run_params(cfg).items()}  # no password of a URI
+
+    with tracked_run(cfg.tracking, root, found_by="train", run_name=run_name, tags=tags, parent_run_id=parent) as run:
+        run_log = RunLog(run.info.run_id)
+        run_log.log_params(params)
+        log.info("training %s: %s head, %s %s, %s trainer, %d examples, run %s", run_name, cfg.model.head,
+                 cfg.dataset, cfg.task, cfg.trainer.name, len(x), run.info.run_id)
+        start = time.perf_counter()
+        try:
+            history = TRAINERS[cfg.trainer.name](model, x, y, cfg, run_log)
+        except BaseException:
+            _flush_after_error(run_log)  # the epochs before the failure still reach the run
+            raise
+        run_log.log({"train_seconds": time.perf_counter() - start})
+
+        y_test = task_labels(data["y_test"], cfg.task, cfg.ds.binary.positive_class)
+        result = evaluate(model, data["x_test"], y_test, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
+                          cfg.evaluate.n_examples)
+        run_log.log(result.metrics)
+        run_log.flush()
+        files = Files.of(cfg, root, job.dir)
+        predictions = {"variant": cfg.variant, "stage": cfg.stage, **identity(cfg), "tags": result.tags,
+                       "params": params, "examples": result.examples}
+        write_outputs(files, model, history, result, predictions)
+        store_call("tag the run", mlflow.set_tags, result.tags)
+        store_call("log the predictions", mlflow.log_dict, predictions, PREDICTIONS_FILE)
+        for artifact in (files.model_dir / MODEL_FILE, files.model_dir / OUTPUTS_FILE):
+            store_call(f"log {artifact.name}", mlflow.log_artifact, str(artifact))
+    log.info("%s test: %s", run_name, ", ".join(f"{k}={result.metrics[k]:.6g}" for k in (
+        "test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max")))
+    log.info("run %s: %s", run.info.run_id, runs_link(run.info.experiment_id))
+    last = history[-1]
+    return float(last.get("val_loss", last["loss"]))
+
+
+def write_outputs(files: Files, model: Any, history: list[dict[str, float]], result: Evaluation,
+                  predictions: dict[str, Any]) -> None:
+    """The variant's files, each written atomically."""
+    files.model_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(files.model_dir / MODEL_FILE) as tmp:
+        model.save(tmp)
+    save_arrays(files.model_dir / OUTPUTS_FILE, result.arrays())
+    write_json(files.metrics, result.metrics)
+    write_text(files.history, history_tsv(history))
+    write_json(files.predictions, predictions)
+
+
+def _flush_after_error(run_log: RunLog) -> None:
+    """Flush while another exception is on its way: a store failing now is logged, not raised over it."""
+    try:
+        run_log.flush()
+    except (StoreUnavailable, KeyboardInterrupt) as exc:
+        log.error("could not log the last metrics: %s", exc)
+

@@ -1,0 +1,83 @@
+"""The hand-written loop of the MNIST reference notebook: tf.data shuffle + batch, tf.GradientTape,
+apply_gradients, a running accuracy; it also logs `step_loss` and `step_accuracy` every
+`trainer.log_every_n_steps` steps. Its epochs log the same metric names as `fit`'s."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from mlflow.entities import Metric
+
+from logitlab.model.build import accuracy_for
+from logitlab.schema import Config
+from logitlab.tracking.runs import RunLog, check_interrupted
+from logitlab.train.fast_fit import training_examples
+from logitlab.train.loop import diverged
+
+log = logging.getLogger(__name__)
+
+
+def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
+                      metrics: RunLog | None) -> list[dict[str, float]]:
+    """The reference notebook's loop, on the model's compiled loss and optimizer; returns each epoch's
+    metrics, and raises Diverged after the first epoch whose loss diverged."""
+    trainer = cfg.trainer
+    n_train = training_examples(len(x), trainer.validation_split)  # the last fraction is validation, as in Keras
+    n_val = len(x) - n_train
+    x_train, y_train = x[:n_train], y[:n_train]
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(trainer.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+        .batch(cfg.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    loss_fn, optimizer = model.loss, model.optimizer
+    accuracy = accuracy_for(cfg.model.head, cfg.task)
+    mean_loss = keras.metrics.Mean()
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            out = model(xb, training=True)
+            loss = loss_fn(yb, out)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        accuracy.update_state(yb, out)
+        mean_loss.update_state(loss, sample_weight=tf.shape(xb)[0])  # weighted by batch size, as fit does
+        return loss
+
+    step = 0
+    history = []
+    for epoch in range(trainer.epochs):
+        start = time.perf_counter()
+        accuracy.reset_state()
+        mean_loss.reset_state()
+        step_metrics = []
+        for xb, yb in dataset:
+            loss = train_step(xb, yb)
+            step += 1
+            if step % trainer.log_every_n_steps == 0:
+                now = int(time.time() * 1000)
+                step_metrics += [Metric("step_loss", float(loss), now, step),
+                                 Metric("step_accuracy", float(accuracy.result()), now, step)]
+        logs = {"loss": float(mean_loss.result()), "accuracy": float(accuracy.result())}
+        if n_val:
+            val = model.evaluate(x[-n_val:], y[-n_val:], batch_size=cfg.batch_size, verbose=0, return_dict=True)
+            logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        check_interrupted()
+        if metrics:
+            if step_metrics:  # one call per epoch, not one per step
+                metrics.log_batch(f"log epoch {epoch} step metrics", step_metrics)
+            metrics.log(logs, step=epoch)
+        history.append(logs)
+        failure = diverged(epoch, logs, trainer.max_loss)
+        if failure:
+            raise failure
+        if trainer.verbose:
+            log.info("epoch %d/%d %.1fs %s", epoch + 1, trainer.epochs, time.perf_counter() - start,
+                     " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+    return history
