@@ -1,5 +1,6 @@
 """The real entry points: a user mistake on the command line, a Hydra multirun, and `dvc repro`."""
 
+import contextlib
 import json
 import subprocess
 import time
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import (PYTHON, app, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, shrink_to_tiny_data,
+from helpers import (PYTHON, ROOT, app, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, shrink_to_tiny_data,
                      subprocess_env, tiny_blobs)
 
 BIN = Path(PYTHON).parent
@@ -85,15 +86,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, stage, args, message):
         "nothing but Hydra's own records of the job is written"
 
 
+def test_a_bad_value_is_refused_before_tensorflow_is_imported():
+    script = ("import sys; from logitlab import app\nsys.argv = sys.argv[1:]\n"
+              "try:\n    app.launch(lambda: None, sys.argv[0])\nexcept SystemExit as exc:\n    code = exc.code\n"
+              "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    proc = subprocess.run([PYTHON, "-c", script, str(ROOT / "pipelines" / "train.py"), "trainer.epochs=0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False"], proc.stderr[-2000:]
+    assert proc.stderr.strip() == "logitlab train: error: trainer.epochs must be a positive whole number, got 0"
+
+
 def test_test_fraction_outside_zero_one_is_refused(tmp_path, blobs):
     processed = tmp_path / "processed"
-    for bad in ("1.5", "0"):
+    for bad, shown in (("1.5", "1.5"), ("0", "0.0")):
         proc = subprocess.run(app("preprocess", *blobs[:-1], f"paths.processed={processed}",
                                   f"datasets.blobs.preprocess.test_size={bad}", f"hydra.run.dir={tmp_path / 'job'}"),
                               cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines()[-1] == (
-            f"logitlab preprocess: error: datasets.blobs.preprocess.test_size must be a number in (0, 1), got {bad}")
+            f"logitlab preprocess: error: datasets.blobs.preprocess.test_size must be a number in (0, 1), got {shown}")
         assert not processed.exists()
 
 
@@ -229,8 +240,12 @@ def test_dvc_repro_end_to_end(tmp_path):
     report_before = (project / "report" / "summary.csv").read_text()
     run([dvc, "repro", "--force", "--single-item", "train@blobs-logit", "report"], project, env)
     assert (project / "report" / "summary.csv").read_text() == report_before, "the same files, bit for bit"
-    fresh = finished_runs(f"sqlite:///{project / 'mlflow.db'}")
-    assert sorted(r.info.run_name for r in fresh) == ["blobs-logit", "report"]
+    import sqlite3  # not MLflow's client: this process keeps its engine on the old file's inode
+
+    with contextlib.closing(sqlite3.connect(project / "mlflow.db")) as db:
+        fresh = sorted(name for (name,) in db.execute("select name from runs where status = 'FINISHED'"))
+    assert fresh == ["blobs-logit", "report"], "the runs simply land in the new store"
+    (tmp_path / "old-mlflow.db").replace(project / "mlflow.db")  # the store this process's client still has open
 
     # Every module a stage imports is its dependency: a change to the heads reruns training.
     heads = project / "src" / "logitlab" / "model" / "heads.py"

@@ -43,13 +43,6 @@ def test_blobs_split_is_stratified_and_seeded(tmp_path):
     assert not np.array_equal(out["x_test"], other["x_test"])
 
 
-@pytest.mark.parametrize("test_size", [0, 1, 1.5, -0.2, "half"])
-def test_blobs_test_fraction_outside_zero_one_is_refused(tmp_path, test_size):
-    raw = _blobs(tmp_path, n=40)
-    with pytest.raises(UserError, match=r"datasets.blobs.preprocess.test_size must be a number in \(0, 1\)"):
-        blobs.preprocess_blobs({"test_size": test_size, "random_state": 0}, raw)
-
-
 def test_missing_input_names_the_stage_to_run(tmp_path):
     with pytest.raises(UserError, match="run its stage first: dvc repro fetch@blobs"):
         blobs.preprocess_blobs({"test_size": 0.2, "random_state": 0}, tmp_path / "nope.npz")

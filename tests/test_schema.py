@@ -26,16 +26,17 @@ def test_drift_is_detected(tmp_path):
 def test_params_yaml_loads_through_the_schema_as_the_dvc_stages_load_it():
     cfg = load(OmegaConf.load(ROOT / "params.yaml"))
     assert cfg.task is Task.multiclass and cfg.trainer.name is TrainerName.fit and cfg.layout is Layout.job
-    assert cfg.datasets["blobs"].num_classes == 4 and cfg.ds.name == "mnist"
+    assert cfg.datasets.blobs.num_classes == 4 and cfg.ds.name == "mnist" and cfg.ds.preprocess.scale == 255.0
 
 
 def test_defaults_reproduce_the_reference():
     cfg = compose(ROOT)
     assert cfg.optimizer.lr == 0.001 and cfg.trainer.epochs == 10 and cfg.model.layers == [25, 15]
-    blobs = cfg.datasets["blobs"]
-    assert blobs.fetch["n_samples"] == 2000 and blobs.fetch["random_state"] == 30 and blobs.fetch["cluster_std"] == 1.0
-    assert blobs.fetch["centers"] == [[-5, 2], [-2, -2], [1, 2], [5, -2]]
-    assert [s["type"] for s in cfg.datasets["mnist"].fetch["sources"]] == ["url", "pip_wheel", "file"]
+    blobs = cfg.datasets.blobs
+    assert blobs.fetch.n_samples == 2000 and blobs.fetch.random_state == 30 and blobs.fetch.cluster_std == 1.0
+    assert blobs.fetch.centers == [[-5, 2], [-2, -2], [1, 2], [5, -2]]
+    assert blobs.preprocess.test_size == 0.2
+    assert [s["type"] for s in cfg.datasets.mnist.fetch.sources] == ["url", "pip_wheel", "file"]
     assert compose(ROOT, ["model=mlp_784_256"]).model.layers == [784, 256]
 
 
@@ -76,6 +77,14 @@ def test_batch_size_falls_back_to_the_dataset():
         ("report.digits=0", "report.digits must be a positive whole number, got 0"),
         ("evaluate.batch_size=0", "evaluate.batch_size must be a positive whole number, got 0"),
         ("tracking.retries=-1", "tracking.retries must be a whole number >= 0, got -1"),
+        ("datasets.blobs.preprocess.test_size=1.5", "datasets.blobs.preprocess.test_size must be a number in (0, 1), got 1.5"),
+        ("datasets.blobs.preprocess.test_size=0", "datasets.blobs.preprocess.test_size must be a number in (0, 1), got 0.0"),
+        ("datasets.blobs.preprocess.test_size=half", "datasets.blobs.preprocess.test_size: Value 'half' of type 'str' "
+                                                     "could not be converted to Float"),
+        ("datasets.blobs.fetch.n_samples=0", "datasets.blobs.fetch.n_samples must be a positive whole number, got 0"),
+        ("datasets.mnist.preprocess.scale=0", "datasets.mnist.preprocess.scale must be a positive number, got 0.0"),
+        ("+datasets.mnist.fetch.mirror=x", "unknown key 'datasets.mnist.fetch.mirror'; valid under datasets.mnist.fetch: "
+                                           "sources, timeout_s, array_sha256"),
     ],
 )
 def test_bad_settings_are_one_line_user_errors(override, message):

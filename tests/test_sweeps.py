@@ -85,9 +85,7 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
     assert table["test_accuracy_std"].notna().all()
     assert "±" in (report_dir / "summary.md").read_text()
     plots = {p.name for p in (report_dir / "plots").glob("*.png")}
-    assert plots == {"curves_blobs_multiclass_fit.png", "curves_blobs_multiclass_gradient_tape.png",
-                     "histograms_blobs_multiclass_fit.png", "histograms_blobs_multiclass_gradient_tape.png",
-                     "decision_regions_blobs_multiclass.png"}
+    assert plots == {"decision_regions_blobs_multiclass.png"}, "its models came back from MLflow's artifacts"
 
     # The same sweep directory again: a second parent with its own id, not a merge into the first.
     sweep(tmp_path, store, sweep_dir, *blobs, "seed=7", "trainer.epochs=1")
@@ -109,7 +107,7 @@ def test_failing_jobs_do_not_stop_the_sweep(tmp_path, blobs):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("logitlab sweep")]
     assert len(lines) == 3 and lines[-1].endswith("2 job(s) failed; the others ran to the end")
     assert "job 0 (" in lines[0] and "failed: loss became nan in epoch 1: training diverged" in lines[0]
-    assert "job 1 (" in lines[1] and lines[1].endswith("failed: optimizer.lr must be a positive number, got -1")
+    assert "job 1 (" in lines[1] and lines[1].endswith("failed: optimizer.lr must be a positive number, got -1.0")
 
     parents, children = parents_and_children(store)
     [(parent_id, parent)] = parents.items()

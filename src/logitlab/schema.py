@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -71,12 +71,61 @@ class BinaryConf:
 
 @dataclass
 class DatasetConf:
+    """What every dataset has; each dataset adds its own `fetch` and `preprocess` settings."""
+
     name: str = MISSING
     num_classes: int = MISSING
     batch_size: int = MISSING
     binary: BinaryConf = field(default_factory=BinaryConf)
-    fetch: dict[str, Any] = field(default_factory=dict)        # read by logitlab.data's fetcher of the dataset
-    preprocess: dict[str, Any] = field(default_factory=dict)   # read by its preprocessor
+
+
+@dataclass
+class MnistFetch:
+    sources: list[Any] = field(default_factory=list)            # tried in order (logitlab.data.sources)
+    timeout_s: float = 30.0
+    array_sha256: dict[str, Any] | None = field(default_factory=dict)  # each canonical array's sha256; null: unchecked
+
+
+@dataclass
+class MnistPreprocess:
+    scale: float = 255.0
+
+
+@dataclass
+class MnistConf(DatasetConf):
+    fetch: MnistFetch = field(default_factory=MnistFetch)
+    preprocess: MnistPreprocess = field(default_factory=MnistPreprocess)
+
+
+@dataclass
+class BlobsFetch:  # sklearn's make_blobs
+    n_samples: int = 2000
+    centers: list[Any] = field(default_factory=list)
+    cluster_std: float = 1.0
+    random_state: int = 30
+
+
+@dataclass
+class BlobsPreprocess:  # a stratified train/test split
+    test_size: float = 0.2
+    random_state: int = 0
+
+
+@dataclass
+class BlobsConf(DatasetConf):
+    fetch: BlobsFetch = field(default_factory=BlobsFetch)
+    preprocess: BlobsPreprocess = field(default_factory=BlobsPreprocess)
+
+
+@dataclass
+class DatasetsConf:
+    """Every dataset's settings, always present, so one params.yaml drives the whole DVC matrix."""
+
+    mnist: MnistConf = field(default_factory=MnistConf)
+    blobs: BlobsConf = field(default_factory=BlobsConf)
+
+    def names(self) -> list[str]:
+        return [f.name for f in fields(self)]
 
 
 @dataclass
@@ -156,7 +205,7 @@ class EvaluateConf:
 
 @dataclass
 class Config:
-    datasets: dict[str, DatasetConf] = field(default_factory=dict)
+    datasets: DatasetsConf = field(default_factory=DatasetsConf)
     model: ModelConf = field(default_factory=ModelConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
@@ -173,9 +222,9 @@ class Config:
     # ------------------------------------------------------------------ derived, never configured
 
     @property
-    def ds(self) -> DatasetConf:
+    def ds(self) -> MnistConf | BlobsConf:
         """The settings of the dataset this job uses."""
-        return self.datasets[self.dataset]
+        return getattr(self.datasets, self.dataset)
 
     @property
     def batch_size(self) -> int:
@@ -248,7 +297,12 @@ def config_error(exc: BaseException) -> str:
 
 def composition_error(exc: BaseException, overrides: list[str] | tuple[str, ...]) -> str:
     """One line for a composition Hydra refused: the key, the bad value and what is valid."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        OmegaConfBaseException,
+        ValidationError,
+    )
 
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
     key = str(getattr(cause, "full_key", "") or "")
@@ -302,14 +356,22 @@ def fraction(value: Any, key: str, *, low_inclusive: bool = False) -> float:
 
 def check(cfg: Config) -> None:
     """What types cannot say, key by key (the first bad one is the error)."""
-    if cfg.dataset not in cfg.datasets:
-        raise UserError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(sorted(cfg.datasets))}")
-    for name, ds in cfg.datasets.items():
+    names = cfg.datasets.names()
+    if cfg.dataset not in names:
+        raise UserError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(sorted(names))}")
+    for name in names:
+        ds = getattr(cfg.datasets, name)
         _positive_int(ds.num_classes, f"datasets.{name}.num_classes")
         _positive_int(ds.batch_size, f"datasets.{name}.batch_size")
         if ds.binary.positive_class not in range(ds.num_classes):
             raise UserError(f"datasets.{name}.binary.positive_class must be in 0..{ds.num_classes - 1}, "
                             f"got {ds.binary.positive_class!r}")
+    mnist, blobs = cfg.datasets.mnist, cfg.datasets.blobs
+    positive(mnist.fetch.timeout_s, "datasets.mnist.fetch.timeout_s")
+    positive(mnist.preprocess.scale, "datasets.mnist.preprocess.scale")
+    _positive_int(blobs.fetch.n_samples, "datasets.blobs.fetch.n_samples")
+    positive(blobs.fetch.cluster_std, "datasets.blobs.fetch.cluster_std")
+    fraction(blobs.preprocess.test_size, "datasets.blobs.preprocess.test_size")
     check_head(str(cfg.task), cfg.model.head)
     if not cfg.model.layers or not all(u > 0 for u in cfg.model.layers):
         raise UserError(f"model.layers must be a list of positive unit counts, got {cfg.model.layers!r}")

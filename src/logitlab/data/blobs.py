@@ -1,4 +1,5 @@
-"""Blobs: the reference's make_blobs, split into a stratified, seeded train and test set."""
+"""Blobs: the reference's make_blobs, split into a stratified, seeded train and test set (the
+settings as logitlab.schema checked them)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from logitlab.files import load_arrays, save_arrays
-from logitlab.schema import fraction
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,8 @@ def preprocess_blobs(split: Mapping[str, Any], raw: Path) -> dict[str, np.ndarra
     from sklearn.model_selection import train_test_split
 
     arrays = load_arrays(raw, ("x", "y"), remake="dvc repro -f fetch@blobs")
-    test_size = fraction(split["test_size"], "datasets.blobs.preprocess.test_size")
     x_train, x_test, y_train, y_test = train_test_split(
-        arrays["x"], arrays["y"], test_size=test_size,
+        arrays["x"], arrays["y"], test_size=split["test_size"],
         random_state=split["random_state"], stratify=arrays["y"],
     )
     return {

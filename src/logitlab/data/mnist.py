@@ -23,7 +23,6 @@ from logitlab.data.sources import (
 )
 from logitlab.errors import UserError
 from logitlab.files import load_arrays, save_arrays
-from logitlab.schema import positive
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +125,7 @@ def preprocess_mnist(settings: Mapping[str, Any], raw: Path) -> dict[str, np.nda
         check_mnist_arrays(arrays)
     except SourceError as exc:
         raise UserError(f"{raw} is not canonical MNIST: {exc}; remake it: {REMAKE_RAW}") from exc
-    scale = settings["scale"]
-    positive(scale, "datasets.mnist.preprocess.scale")
+    scale = settings["scale"]  # > 0, as logitlab.schema checked it
     out = {}
     for split in ("train", "test"):
         x = arrays[f"x_{split}"]

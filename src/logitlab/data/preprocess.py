@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def fetch(cfg: Config, root: Path, job: Any = None) -> None:
     """Fetch (MNIST) or generate (blobs) the raw data of `cfg.dataset` (`job`: the Hydra job, unused)."""
     if cfg.dataset not in FETCHERS:
         raise UserError(f"no fetcher for dataset {cfg.dataset!r}; valid: {', '.join(FETCHERS)}")
-    FETCHERS[cfg.dataset](cfg.ds.fetch, cfg.path(root, "raw"))
+    FETCHERS[cfg.dataset](asdict(cfg.ds.fetch), cfg.path(root, "raw"))
 
 
 def preprocess(cfg: Config, root: Path, job: Any = None) -> dict[str, np.ndarray]:
@@ -43,7 +44,7 @@ def preprocess(cfg: Config, root: Path, job: Any = None) -> dict[str, np.ndarray
     int32 labels (`job`: the Hydra job, unused)."""
     if cfg.dataset not in PREPROCESSORS:
         raise UserError(f"no preprocessing for dataset {cfg.dataset!r}; valid: {', '.join(PREPROCESSORS)}")
-    arrays = PREPROCESSORS[cfg.dataset](cfg.ds.preprocess, cfg.path(root, "raw"))
+    arrays = PREPROCESSORS[cfg.dataset](asdict(cfg.ds.preprocess), cfg.path(root, "raw"))
     target = cfg.path(root, "processed")
     save_arrays(target, arrays)
     log.info("%s preprocessed: x_train %s, x_test %s -> %s",

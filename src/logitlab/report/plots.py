@@ -101,7 +101,8 @@ def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, x: 
             model = _model(run, artifact)
             probs = probabilities(np.asarray(model(grid, training=False)), task, run["tags.head"])
             regions = predicted_class(probs, task).reshape(gx.shape)
-            ax.contourf(gx, gy, regions, alpha=0.3, levels=np.arange(regions.max() + 2) - 0.5, cmap="tab10")
+            ax.contourf(gx, gy, regions, alpha=0.3, levels=np.arange(regions.max() + 2) - 0.5, cmap="tab10",
+                        vmin=0, vmax=9)  # the points' colours: class k is tab10's colour k in both
             labels = (y == positive_class).astype(int) if task == "binary" else y
             ax.scatter(x[:, 0], x[:, 1], c=labels, s=6, cmap="tab10", vmin=0, vmax=9)
             ax.set_title(run["tags.head"], fontsize=9)

@@ -69,7 +69,7 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
         if (runs["tags.dataset"] == "blobs").any():
             blobs = load_processed(cfg.path(root, "processed", "blobs"), "blobs")
             plot_decision_regions(runs, artifact, drawn, blobs["x_test"], blobs["y_test"],
-                                  cfg.datasets["blobs"].binary.positive_class)
+                                  cfg.datasets.blobs.binary.positive_class)
         plots.mkdir(parents=True, exist_ok=True)
         for stale in plots.glob("*.png"):
             stale.unlink()
