@@ -147,8 +147,8 @@ def test_a_damaged_input_file_is_one_line_naming_it_and_its_remake(tmp_path, blo
 
 
 @pytest.mark.slow
-def test_a_damaged_model_fails_the_report_in_one_line_and_keeps_the_last_report(tmp_path, blobs):
-    """The pipeline's layout in a folder of its own: one variant trained, then its model damaged."""
+def test_damaged_outputs_fail_the_report_in_one_line_and_keep_the_last_report(tmp_path, blobs):
+    """The pipeline's layout in a folder of its own: one variant trained, then its outputs damaged."""
     paths = [f"paths.{k}={tmp_path / k}" for k in ("models", "metrics", "history", "predictions")]
     only_blobs_logit = ["pipeline.datasets=[blobs]", "pipeline.heads=[logit]", "pipeline.binary_heads=[]",
                         "pipeline.gradient_tape.datasets=[]"]
@@ -160,13 +160,13 @@ def test_a_damaged_model_fails_the_report_in_one_line_and_keeps_the_last_report(
     before = {p.name: p.read_bytes() for p in (tmp_path / "report").rglob("*") if p.is_file()}
     assert "decision_regions_blobs_multiclass.png" in before and "summary.csv" in before
 
-    model = tmp_path / "models" / "blobs-logit" / "model.keras"
-    truncate(model)
+    outputs = tmp_path / "models" / "blobs-logit" / "outputs.npz"
+    truncate(outputs)
     proc = subprocess.run(app("report", *report), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"logitlab report: error: {model} is damaged (")
+    assert last.startswith(f"logitlab report: error: {outputs} is damaged (")
     assert last.endswith("); remake it: dvc repro -f train@blobs-logit")
     assert "Traceback" not in proc.stderr
     after = {p.name: p.read_bytes() for p in (tmp_path / "report").rglob("*") if p.is_file()}

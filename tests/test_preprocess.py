@@ -66,3 +66,10 @@ def test_a_damaged_file_names_itself_and_the_command_that_remakes_it(tmp_path, d
     message = str(caught.value)
     assert message.startswith(f"{bad} ") and message.endswith("remake it: dvc repro -f preprocess@mnist")
     assert "\n" not in message
+
+
+def test_every_dataset_of_the_schema_has_a_fetcher_and_a_preprocessor():
+    from logitlab.data.preprocess import FETCHERS, PREPROCESSORS
+    from logitlab.schema import DatasetsConf
+
+    assert set(FETCHERS) == set(PREPROCESSORS) == set(DatasetsConf().names()) == {"mnist", "blobs"}

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from helpers import ROOT
 from logitlab.errors import UserError
-from logitlab.schema import Layout, Task, TrainerName, compose, compose_params, flatten, load, params_drift, run_params
+from logitlab.schema import Layout, Task, TrainerName, compose, flatten, load, params_drift, run_params
 
 
 def test_params_yaml_agrees_with_conf():

@@ -151,3 +151,16 @@ def test_setup_leaves_the_users_environment_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     setup(TrackingConf(uri=f"sqlite:///{tmp_path / 'a.db'}"), ROOT)
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
+
+
+def test_outputs_hold_the_decision_grid_the_report_draws(trained):
+    import keras
+
+    with np.load(trained.files.model_dir / "outputs.npz") as npz:
+        g0, g1, classes = npz["grid_x0"], npz["grid_x1"], npz["grid_class"]
+    assert classes.shape == (len(g1), len(g0)) == (200, 200)
+    model = keras.models.load_model(trained.files.model_dir / "model.keras")
+    for i, j in ((10, 20), (100, 100), (190, 150), (37, 180)):
+        point = np.array([[g0[j], g1[i]]], np.float32)
+        assert classes[i, j] == model.predict(point, verbose=0).argmax(), (i, j)
+    assert set(np.unique(classes)) == {0, 1, 2, 3}, "every blob's class has its region"

@@ -22,6 +22,8 @@ import numpy as np
 from logitlab.errors import UserError
 
 _CHUNK = 1 << 20
+# A variant's model folder: its Keras model, and every test output with the decision grid (2-D inputs).
+MODEL_FILE, OUTPUTS_FILE = "model.keras", "outputs.npz"
 # What reading a damaged .npz, .json or .keras file raises.
 DAMAGED = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 

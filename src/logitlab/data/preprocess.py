@@ -19,7 +19,7 @@ from logitlab.schema import Config
 
 log = logging.getLogger(__name__)
 
-# Each dataset's fetcher: (its `fetch` settings, the raw file to write) -> where the data came from.
+# Each dataset of the schema (logitlab.schema.DatasetsConf) and its fetcher: (its `fetch` settings, the raw file to write) -> where the data came from.
 FETCHERS: dict[str, Callable[[Mapping[str, Any], Path], str]] = {
     "mnist": fetch_mnist,
     "blobs": generate_blobs,
@@ -34,16 +34,12 @@ SPLITS = MNIST_KEYS  # x_train, y_train, x_test, y_test: every processed file ha
 
 def fetch(cfg: Config, root: Path, job: Any = None) -> None:
     """Fetch (MNIST) or generate (blobs) the raw data of `cfg.dataset` (`job`: the Hydra job, unused)."""
-    if cfg.dataset not in FETCHERS:
-        raise UserError(f"no fetcher for dataset {cfg.dataset!r}; valid: {', '.join(FETCHERS)}")
     FETCHERS[cfg.dataset](asdict(cfg.ds.fetch), cfg.path(root, "raw"))
 
 
 def preprocess(cfg: Config, root: Path, job: Any = None) -> dict[str, np.ndarray]:
     """Raw data of `cfg.dataset` to float32 features (MNIST: flattened to 784, scaled to [0, 1]) and
     int32 labels (`job`: the Hydra job, unused)."""
-    if cfg.dataset not in PREPROCESSORS:
-        raise UserError(f"no preprocessing for dataset {cfg.dataset!r}; valid: {', '.join(PREPROCESSORS)}")
     arrays = PREPROCESSORS[cfg.dataset](asdict(cfg.ds.preprocess), cfg.path(root, "raw"))
     target = cfg.path(root, "processed")
     save_arrays(target, arrays)

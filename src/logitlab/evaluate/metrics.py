@@ -14,7 +14,7 @@ from logitlab.evaluate.numerics import numerics, predicted_class, probabilities
 from logitlab.model.build import forward
 from logitlab.train import fast_fit
 
-OUTPUTS_FILE = "outputs.npz"
+GRID_POINTS = 200  # per axis, for the decision regions of a dataset with two features
 
 
 @dataclass
@@ -25,10 +25,23 @@ class Evaluation:
     outputs: np.ndarray              # every raw test output
     probabilities: np.ndarray
     labels: np.ndarray
+    grid: dict[str, np.ndarray]      # two-feature datasets: the predicted class over the plane
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What outputs.npz holds (the report's histograms read it)."""
-        return {"outputs": self.outputs, "probabilities": self.probabilities, "labels": self.labels}
+        """What outputs.npz holds (the report draws from it, without TensorFlow)."""
+        return {"outputs": self.outputs, "probabilities": self.probabilities, "labels": self.labels, **self.grid}
+
+
+def decision_grid(model: keras.Model, x: np.ndarray, task: str, head: str, batch: int) -> dict[str, np.ndarray]:
+    """For two features: the predicted class at each point of a GRID_POINTS² grid spanning the test
+    points plus a margin of 1 (`grid_x0`, `grid_x1`, `grid_class`); nothing for other inputs."""
+    if x.ndim != 2 or x.shape[1] != 2 or not len(x):
+        return {}
+    axes = [np.linspace(x[:, i].min() - 1, x[:, i].max() + 1, GRID_POINTS, dtype=np.float32) for i in (0, 1)]
+    g0, g1 = np.meshgrid(*axes)
+    points = np.c_[g0.ravel(), g1.ravel()]
+    classes = predicted_class(probabilities(forward(model, points, batch), task, head), task)
+    return {"grid_x0": axes[0], "grid_x1": axes[1], "grid_class": classes.reshape(g0.shape).astype(np.int16)}
 
 
 def output_stats(outputs: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -66,4 +79,5 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, task: str, head: 
                **output_stats(outputs, probs)}
     extra, tags = numerics(model, x, labels, task, head, batch, outputs)
     metrics.update(extra)
-    return Evaluation(metrics, tags, examples(outputs, probs, labels, task, n_examples), outputs, probs, labels)
+    return Evaluation(metrics, tags, examples(outputs, probs, labels, task, n_examples), outputs, probs, labels,
+                      decision_grid(model, x, task, head, batch))

@@ -3,7 +3,8 @@ and each blobs head's decision regions. (Per-epoch curves are data: `dvc plots` 
 files, and the MLflow UI each run's metrics.)
 
 Each function takes the runs (one row each, as report.table makes them) and `artifact(row, name)`,
-which gives the local path of a run's model.keras or outputs.npz, wherever the run keeps it."""
+which gives the local path of a run's outputs.npz, wherever the run keeps it. Nothing here needs
+TensorFlow: the train stage wrote each model's predictions, over the plane too."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from logitlab.files import DAMAGED, atomic_path, damaged
+from logitlab.files import OUTPUTS_FILE, atomic_path, load_arrays
 
 Artifact = Callable[[pd.Series, str], Path]
 
@@ -40,23 +41,8 @@ def _remake(row: pd.Series) -> str:
     return f"dvc repro -f {row['stage']}" if isinstance(row.get("stage"), str) else f"rerun the run {row['run_id']}"
 
 
-def _outputs(row: pd.Series, artifact: Artifact) -> dict[str, np.ndarray]:
-    from logitlab.evaluate.metrics import OUTPUTS_FILE
-    from logitlab.files import load_arrays
-
-    return load_arrays(artifact(row, OUTPUTS_FILE), ("outputs", "probabilities", "labels"), remake=_remake(row))
-
-
-def _model(row: pd.Series, artifact: Artifact):
-    import keras
-
-    from logitlab.train.loop import MODEL_FILE
-
-    path = artifact(row, MODEL_FILE)
-    try:
-        return keras.models.load_model(path)
-    except DAMAGED as exc:
-        raise damaged(path, exc, _remake(row)) from None
+def _outputs(row: pd.Series, artifact: Artifact, *extra: str) -> dict[str, np.ndarray]:
+    return load_arrays(artifact(row, OUTPUTS_FILE), ("outputs", "probabilities", "labels", *extra), remake=_remake(row))
 
 
 def _one_per_head(group: pd.DataFrame) -> pd.DataFrame:
@@ -85,24 +71,18 @@ def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, images: np.nd
 
 def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, x: np.ndarray, y: np.ndarray,
                           positive_class: int) -> list[Path]:
-    """Each blobs head's predicted class over the plane, with the test points (binary: the configured
-    positive class against the rest)."""
-    from logitlab.evaluate.numerics import predicted_class, probabilities
-
+    """Each blobs head's predicted class over the plane (its outputs.npz's grid), with the test points
+    (binary: the configured positive class against the rest)."""
     written = []
     blobs = runs[(runs["tags.dataset"] == "blobs") & (runs["tags.trainer"] == "fit")]
-    (x0, x1), (y0, y1) = (x[:, 0].min() - 1, x[:, 0].max() + 1), (x[:, 1].min() - 1, x[:, 1].max() + 1)
-    gx, gy = np.meshgrid(np.linspace(x0, x1, 200), np.linspace(y0, y1, 200))
-    grid = np.c_[gx.ravel(), gy.ravel()].astype(np.float32)
     for task, group in blobs.groupby("tags.task"):
         group = _one_per_head(group)
         plt, fig, axes = _figure(1, len(group), 3.5, 3.2)
         for ax, (_, run) in zip(axes[0], group.iterrows()):
-            model = _model(run, artifact)
-            probs = probabilities(np.asarray(model(grid, training=False)), task, run["tags.head"])
-            regions = predicted_class(probs, task).reshape(gx.shape)
-            ax.contourf(gx, gy, regions, alpha=0.3, levels=np.arange(regions.max() + 2) - 0.5, cmap="tab10",
-                        vmin=0, vmax=9)  # the points' colours: class k is tab10's colour k in both
+            grid = _outputs(run, artifact, "grid_x0", "grid_x1", "grid_class")
+            regions = grid["grid_class"]
+            ax.contourf(grid["grid_x0"], grid["grid_x1"], regions, alpha=0.3, levels=np.arange(regions.max() + 2) - 0.5,
+                        cmap="tab10", vmin=0, vmax=9)  # the points' colours: class k is tab10's colour k in both
             labels = (y == positive_class).astype(int) if task == "binary" else y
             ax.scatter(x[:, 0], x[:, 1], c=labels, s=6, cmap="tab10", vmin=0, vmax=9)
             ax.set_title(run["tags.head"], fontsize=9)

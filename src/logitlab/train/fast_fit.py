@@ -86,12 +86,22 @@ def _train_function(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch: int, 
     return train
 
 
+def evaluator(model: keras.Model, batch_size: int):
+    """`evaluate` as a function of (x, y) tensors, traced once, to call every epoch."""
+    test = _test_function(model, batch_size, jit_compile=False)
+
+    def run(x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
+        model.reset_metrics()
+        test(x, y)
+        return _results(model)
+
+    return run
+
+
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
     """`model.evaluate(x, y, batch_size, return_dict=True)`: the same test_step, batches and metrics,
     without the tf.data pipeline and iterator Keras builds for each call."""
-    model.reset_metrics()
-    _test_function(model, batch_size, jit_compile=False)(tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(y))
-    return _results(model)
+    return evaluator(model, batch_size)(tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(y))
 
 
 def _results(model: keras.Model, prefix: str = "") -> dict[str, float]:

@@ -23,9 +23,6 @@ from logitlab.train import fast_fit
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-
-
 def diverged(epoch: int, logs: Mapping[str, float], max_loss: float | None) -> Diverged | None:
     """A Diverged for the first loss of an epoch's logs that is NaN, infinite or above `max_loss`
     (epochs counted from 1)."""

@@ -26,14 +26,22 @@ import mlflow
 
 from logitlab.data.preprocess import load_processed, remake_processed, task_labels
 from logitlab.errors import StoreUnavailable
-from logitlab.evaluate.metrics import OUTPUTS_FILE, Evaluation, evaluate
-from logitlab.files import atomic_path, require, save_arrays, write_json, write_text
+from logitlab.evaluate.metrics import Evaluation, evaluate
+from logitlab.files import (
+    MODEL_FILE,
+    OUTPUTS_FILE,
+    atomic_path,
+    require,
+    save_arrays,
+    write_json,
+    write_text,
+)
 from logitlab.schema import Config, Layout, run_params
 from logitlab.sweep import SWEEP_TAG, Job, read_sweep
 from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.runs import RunLog, open_store, tracked_run
 from logitlab.tracking.store import runs_link, store_call
-from logitlab.train.loop import MODEL_FILE, fit_compiled, prepare
+from logitlab.train.loop import fit_compiled, prepare
 from logitlab.train.tape import fit_gradient_tape
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ apply_gradients, a running accuracy; it also logs `step_loss` and `step_accuracy
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import keras
@@ -15,6 +16,7 @@ from mlflow.entities import Metric
 from logitlab.model.build import accuracy_for
 from logitlab.schema import Config
 from logitlab.tracking.runs import RunLog, check_interrupted
+from logitlab.train import fast_fit
 from logitlab.train.fast_fit import training_examples
 from logitlab.train.loop import diverged
 
@@ -50,6 +52,20 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
         mean_loss.update_state(loss, sample_weight=tf.shape(xb)[0])  # weighted by batch size, as fit does
         return loss
 
+    @tf.function
+    def train_steps(batches, n):
+        """The next `n` steps, in one graph call: the same batches and steps as the notebook's Python
+        loop, without a trip to Python per step. Returns the last step's loss."""
+        loss = tf.constant(0.0)
+        for _ in tf.range(n):
+            xb, yb = next(batches)
+            loss = tf.cast(train_step(xb, yb), tf.float32)
+        return loss
+
+    validate = fast_fit.evaluator(model, cfg.batch_size)
+    x_val, y_val = tf.constant(x[n_train:]), tf.constant(y[n_train:])
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    every = trainer.log_every_n_steps
     step = 0
     history = []
     for epoch in range(trainer.epochs):
@@ -57,16 +73,19 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
         accuracy.reset_state()
         mean_loss.reset_state()
         step_metrics = []
-        for xb, yb in dataset:
-            loss = train_step(xb, yb)
-            step += 1
-            if step % trainer.log_every_n_steps == 0:
+        batches, done = iter(dataset), 0
+        while done < steps_per_epoch:  # up to the next step that logs, or the end of the epoch
+            n = min(every - step % every, steps_per_epoch - done)
+            loss = train_steps(batches, tf.constant(n))
+            done, step = done + n, step + n
+            if step % every == 0:
                 now = int(time.time() * 1000)
                 step_metrics += [Metric("step_loss", float(loss), now, step),
                                  Metric("step_accuracy", float(accuracy.result()), now, step)]
+            check_interrupted()
         logs = {"loss": float(mean_loss.result()), "accuracy": float(accuracy.result())}
         if n_val:
-            val = model.evaluate(x[-n_val:], y[-n_val:], batch_size=cfg.batch_size, verbose=0, return_dict=True)
+            val = validate(x_val, y_val)
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         check_interrupted()
         if metrics:
