@@ -341,12 +341,12 @@ def _non_negative_int(value: Any, key: str) -> None:
         raise UserError(f"{key} must be a whole number >= 0, got {value!r}")
 
 
-def positive(value: Any, key: str) -> None:
+def _positive(value: Any, key: str) -> None:
     if not (_number(value) and value > 0):
         raise UserError(f"{key} must be a positive number, got {value!r}")
 
 
-def fraction(value: Any, key: str, *, low_inclusive: bool = False) -> float:
+def _fraction(value: Any, key: str, *, low_inclusive: bool = False) -> float:
     """A number in (0, 1), or [0, 1) with low_inclusive."""
     inside = _number(value) and ((0 <= value < 1) if low_inclusive else (0 < value < 1))
     if not inside:
@@ -367,11 +367,11 @@ def check(cfg: Config) -> None:
             raise UserError(f"datasets.{name}.binary.positive_class must be in 0..{ds.num_classes - 1}, "
                             f"got {ds.binary.positive_class!r}")
     mnist, blobs = cfg.datasets.mnist, cfg.datasets.blobs
-    positive(mnist.fetch.timeout_s, "datasets.mnist.fetch.timeout_s")
-    positive(mnist.preprocess.scale, "datasets.mnist.preprocess.scale")
+    _positive(mnist.fetch.timeout_s, "datasets.mnist.fetch.timeout_s")
+    _positive(mnist.preprocess.scale, "datasets.mnist.preprocess.scale")
     _positive_int(blobs.fetch.n_samples, "datasets.blobs.fetch.n_samples")
-    positive(blobs.fetch.cluster_std, "datasets.blobs.fetch.cluster_std")
-    fraction(blobs.preprocess.test_size, "datasets.blobs.preprocess.test_size")
+    _positive(blobs.fetch.cluster_std, "datasets.blobs.fetch.cluster_std")
+    _fraction(blobs.preprocess.test_size, "datasets.blobs.preprocess.test_size")
     check_head(str(cfg.task), cfg.model.head)
     if not cfg.model.layers or not all(u > 0 for u in cfg.model.layers):
         raise UserError(f"model.layers must be a list of positive unit counts, got {cfg.model.layers!r}")
@@ -382,15 +382,15 @@ def check(cfg: Config) -> None:
         _positive_int(t.batch_size, "trainer.batch_size")
     for key in ("steps_per_execution", "shuffle_buffer", "log_every_n_steps"):
         _positive_int(getattr(t, key), f"trainer.{key}")
-    fraction(t.validation_split, "trainer.validation_split", low_inclusive=True)
+    _fraction(t.validation_split, "trainer.validation_split", low_inclusive=True)
     if not (isinstance(t.jit_compile, bool) or t.jit_compile == "auto"):
         raise UserError(f"trainer.jit_compile must be one of auto, true, false; got {t.jit_compile!r}")
     if t.max_loss is not None:
-        positive(t.max_loss, "trainer.max_loss")
+        _positive(t.max_loss, "trainer.max_loss")
     _non_negative_int(t.verbose, "trainer.verbose")
-    positive(cfg.optimizer.lr, "optimizer.lr")
+    _positive(cfg.optimizer.lr, "optimizer.lr")
     _non_negative_int(cfg.tracking.retries, "tracking.retries")
-    positive(cfg.tracking.backoff_s, "tracking.backoff_s")
+    _positive(cfg.tracking.backoff_s, "tracking.backoff_s")
     _positive_int(cfg.tracking.timeout_s, "tracking.timeout_s")
     _positive_int(cfg.report.digits, "report.digits")
     _positive_int(cfg.evaluate.n_examples, "evaluate.n_examples")
