@@ -120,6 +120,27 @@ def tiny_blobs(tmp: Path) -> list[str]:
     return overrides
 
 
+def tiny_mnist(tmp: Path, n_train: int = 200, n_test: int = 50) -> list[str]:
+    """Fetch (from a local look-alike file with its own hashes) and preprocess a small MNIST under
+    `tmp`, in this process; returns the overrides that use it."""
+    from logitlab.data.mnist import array_digests
+    from logitlab.data.preprocess import fetch, preprocess
+    from logitlab.schema import compose
+
+    arrays = mnist_arrays(n_train=n_train, n_test=n_test)
+    body = keras_npz_bytes(arrays)
+    local = tmp / "tiny-mnist.npz"
+    local.write_bytes(body)
+    overrides = ["dataset=mnist", f"paths.raw={tmp / 'raw'}", f"paths.processed={tmp / 'processed'}"]
+    cfg = compose(ROOT, overrides)
+    cfg.datasets.mnist.fetch.sources = [{"name": "local", "type": "file", "path": str(local),
+                                         "sha256": sha256_bytes(body), "format": "keras_npz"}]
+    cfg.datasets.mnist.fetch.array_sha256 = array_digests(arrays)
+    fetch(cfg, ROOT)
+    preprocess(cfg, ROOT)
+    return overrides
+
+
 def runs_of(uri: str, experiment: str = "logitlab") -> list:
     """Every run of the experiment in the store at `uri`."""
     import mlflow

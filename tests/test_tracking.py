@@ -112,7 +112,7 @@ def test_the_stage_files_hold_what_the_run_holds(trained, tmp_path):
     with np.load(files.model_dir / "outputs.npz") as npz:
         assert npz["outputs"].shape == (40, 4) and npz["labels"].shape == (40,)
     artifacts = {a.path for a in trained.client.list_artifacts(trained.run_id)}
-    assert {"model.keras", "outputs.npz", "predictions.json"} <= artifacts
+    assert {"outputs.npz", "predictions.json"} <= artifacts, "the model is the run's logged model, not an artifact"
     artifact_uri = trained.client.get_run(trained.run_id).info.artifact_uri
     assert artifact_uri.startswith((trained.tmp / "store" / "mlartifacts").as_uri()), "artifacts live beside the store"
 
@@ -164,3 +164,32 @@ def test_outputs_hold_the_decision_grid_the_report_draws(trained):
         point = np.array([[g0[j], g1[i]]], np.float32)
         assert classes[i, j] == model.predict(point, verbose=0).argmax(), (i, j)
     assert set(np.unique(classes)) == {0, 1, 2, 3}, "every blob's class has its region"
+
+
+def test_the_model_is_a_logged_model_with_the_test_metrics_on_the_test_set(trained):
+    import hashlib
+
+    run = trained.client.get_run(trained.run_id)
+    [output] = run.outputs.model_outputs
+    model = trained.client.get_logged_model(output.model_id)
+    assert model.source_run_id == trained.run_id and model.name == "blobs-logit"
+    assert model.tags["head"] == "logit" and model.tags["logitlab.variant"] == "blobs-logit"
+    assert output.step == 2, "the model after the last (third) epoch"
+    linked = {m.key: m for m in model.metrics}
+    for name in TEST_METRICS:
+        assert linked[name].value == pytest.approx(trained.metrics[name]), name
+        assert linked[name].dataset_name == "blobs-test", name
+    assert linked["loss"].value == pytest.approx(trained.client.get_metric_history(trained.run_id, "loss")[-1].value)
+    processed = trained.cfg.path(ROOT, "processed")
+    md5 = hashlib.md5(processed.read_bytes()).hexdigest()  # what DVC records for the processed file
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["blobs-test", "blobs-train"]
+    for name, context in (("blobs-train", "training"), ("blobs-test", "evaluation")):
+        dataset = inputs[name].dataset
+        assert dataset.digest == md5 and json.loads(dataset.source)["uri"] == processed.resolve().as_uri()
+        assert [t.value for t in inputs[name].tags if t.key == "mlflow.data.context"] == [context]
+    assert linked["test_loss"].dataset_digest == md5
+    found = trained.client.search_logged_models(experiment_ids=[run.info.experiment_id], order_by=[
+        {"field_name": "metrics.test_loss", "ascending": True}])
+    assert [m.model_id for m in found] == [model.model_id]
+    assert not trained.client.search_registered_models(), "a run outside the pipeline registers nothing by default"

@@ -1,5 +1,6 @@
 """`python -m logitlab params [--check]`: regenerate params.yaml from conf/, or check that it agrees.
-`python -m logitlab server [...]`: an MLflow tracking server for a team, on 127.0.0.1 unless told."""
+`python -m logitlab server [...]`: an MLflow tracking server for a team, on 127.0.0.1 unless told.
+`python -m logitlab serve models:/NAME@ALIAS [...]`: a registered model behind MLflow's scoring server."""
 
 from __future__ import annotations
 
@@ -55,6 +56,43 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """`mlflow models serve` on the project's store, in this environment (the pyfunc loader is logitlab's),
+    once the model URI is known to name a registered model; a UserError otherwise."""
+    from logitlab.errors import UserError
+    from logitlab.schema import TrackingConf
+    from logitlab.serving.registry import check_model_uri
+    from logitlab.tracking.store import client_limits, tracking_uri
+
+    conf = TrackingConf(uri=args.tracking_uri)
+    uri = tracking_uri(conf, args.root.resolve())
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
+        raise UserError(f"no tracking store at {uri}; `make repro` trains and registers the models, or pass "
+                        "--tracking-uri (or set MLFLOW_TRACKING_URI)")
+    client_limits(conf)  # a server that does not answer fails within seconds
+    check_model_uri(args.model, uri)
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", args.model, "--env-manager", "local",
+           "--host", args.host, "--port", str(args.port)]
+    # MLflow starts the scoring server as `uvicorn ...` through the shell: this environment's, first on PATH
+    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+    return cmd, dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=path)
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from logitlab.errors import RunFailed, UserError, first_line
+    from logitlab.tracking.redaction import redact_text
+
+    try:
+        cmd, env = serve_command(args)
+    except (UserError, RunFailed) as exc:
+        print(f"logitlab serve: error: {redact_text(first_line(exc))}", file=sys.stderr)
+        return exc.exit_code
+    print(f"serving {args.model} on http://{args.host}:{args.port}/invocations", flush=True)
+    os.execve(cmd[0], cmd, env)
+    return 1  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m logitlab")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,8 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--artifacts-destination", help="where the server stores artifacts: a folder, s3://... "
                         "(default: <root>/mlartifacts)")
     server.add_argument("--workers", type=int, default=1)
+    serve = sub.add_parser("serve", help="a registered model behind MLflow's scoring server (POST /invocations)")
+    serve.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/logitlab-mnist@champion")
+    serve.add_argument("--root", type=Path, default=Path.cwd(), help="project root, for its store (default: .)")
+    serve.add_argument("--tracking-uri", help="the store the registry lives in (default: $MLFLOW_TRACKING_URI, "
+                       "else sqlite:///<root>/mlflow.db)")
+    serve.add_argument("--host", default=LOOPBACK, help=f"interface to bind (default: {LOOPBACK}, this machine only)")
+    serve.add_argument("--port", type=int, default=5001)
     args = parser.parse_args(argv)
-    return _params(parser, args) if args.command == "params" else _server(parser, args)
+    commands = {"params": _params, "server": _server, "serve": _serve}
+    return commands[args.command](parser, args)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ class TrackingConf:
     retries: int = 3
     backoff_s: float = 1.0
     timeout_s: int = 10
+    register: bool | None = None  # the model registry: null, the DVC stages only (layout=pipeline)
 
 
 @dataclass
@@ -238,6 +239,11 @@ class Config:
         parts = [self.dataset, None if self.task == Task.multiclass else str(self.task), self.model.head,
                  None if self.trainer.name == TrainerName.fit else str(self.trainer.name)]
         return "-".join(p for p in parts if p)
+
+    @property
+    def registers(self) -> bool:
+        """Whether this job registers its model: tracking.register, by default in the DVC stages only."""
+        return self.layout == Layout.pipeline if self.tracking.register is None else self.tracking.register
 
     @property
     def stage(self) -> str:

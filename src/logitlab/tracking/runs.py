@@ -49,11 +49,17 @@ class RunLog:
         self._client = mlflow.MlflowClient()
         self._pending: list[tuple[str, dict[str, list[Any]], Any]] = []
 
-    def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log(self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None,
+            dataset: Any = None) -> None:
+        """Metrics at `step`; with `model_id` and `dataset` (an MLflow dataset), linked to that logged
+        model and evaluated on that dataset, as the Models tab shows them."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.log_batch(f"log step {step} metrics", metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        link = {"model_id": model_id, "dataset_name": getattr(dataset, "name", None),
+                "dataset_digest": getattr(dataset, "digest", None)}
+        self.log_batch(f"log step {step} metrics",
+                       metrics=[Metric(k, float(v), now, step, **link) for k, v in metrics.items()])
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param

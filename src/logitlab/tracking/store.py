@@ -41,7 +41,7 @@ def tracking_uri(tracking: Any, root: Path) -> str:
     return tracking.uri or os.environ.get(ENV_URI) or f"sqlite:///{(project_root(root) / DEFAULT_DB).resolve()}"
 
 
-def _client_limits(tracking: Any) -> tuple[int, float]:
+def client_limits(tracking: Any) -> tuple[int, float]:
     """Bound MLflow's own HTTP retries (by default 7 retries with backoff 2 and a 120 s timeout: minutes
     before a dead server is reported); returns (retries, backoff seconds) for the store calls here."""
     retries, backoff, timeout = tracking.retries, float(tracking.backoff_s), tracking.timeout_s
@@ -95,7 +95,7 @@ def setup(tracking: Any, root: Path) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    _limits["retries"], _limits["backoff"] = _client_limits(tracking)
+    _limits["retries"], _limits["backoff"] = client_limits(tracking)
     uri = tracking_uri(tracking, root)
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; put the user's value back, or the
     # next job of a multirun in this process would take this job's store for the user's choice.

@@ -16,7 +16,6 @@ Nothing here reads MLflow to make these files: a DVC stage reproduces without an
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,12 @@ from logitlab.files import (
     write_json,
     write_text,
 )
+from logitlab.model.heads import head_spec
 from logitlab.schema import Config, Layout, run_params
+from logitlab.serving.pyfunc import log_model
+from logitlab.serving.registry import register
 from logitlab.sweep import SWEEP_TAG, Job, read_sweep
+from logitlab.tracking.lineage import datasets, dvc_experiment_tags
 from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.runs import RunLog, open_store, tracked_run
 from logitlab.tracking.store import runs_link, store_call
@@ -98,14 +101,18 @@ def train(cfg: Config, root: Path, job: Job) -> float:
         sweep = read_sweep(job.sweep_dir) or {}
         parent = sweep.get("parent_run_id")
         tags[SWEEP_TAG] = sweep.get("sweep_id", "")
-    if os.environ.get("DVC_EXP_NAME"):  # a `dvc exp run`: name the experiment its runs belong to
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    tags.update(dvc_experiment_tags())  # a `dvc exp run`: the experiment's name and baseline
     run_name = f"{cfg.variant}-{job.num}" if job.multirun else cfg.variant
     params = {k: redact_text(v) for k, v in run_params(cfg).items()}  # no password of a URI
+
+    y_test = task_labels(data["y_test"], cfg.task, cfg.ds.binary.positive_class)
+    train_set, test_set = datasets(cfg.dataset, processed, x, y, data["x_test"], y_test)
 
     with tracked_run(cfg.tracking, root, found_by="train", run_name=run_name, tags=tags, parent_run_id=parent) as run:
         run_log = RunLog(run.info.run_id)
         run_log.log_params(params)
+        store_call("log the datasets", mlflow.log_inputs, datasets=[train_set, test_set],
+                   contexts=["training", "evaluation"], tags_list=[None, None])
         log.info("training %s: %s head, %s %s, %s trainer, %d examples, run %s", run_name, cfg.model.head,
                  cfg.dataset, cfg.task, cfg.trainer.name, len(x), run.info.run_id)
         start = time.perf_counter()
@@ -116,19 +123,28 @@ def train(cfg: Config, root: Path, job: Job) -> float:
             raise
         run_log.log({"train_seconds": time.perf_counter() - start})
 
-        y_test = task_labels(data["y_test"], cfg.task, cfg.ds.binary.positive_class)
         result = evaluate(model, data["x_test"], y_test, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
                           cfg.evaluate.n_examples)
-        run_log.log(result.metrics)
-        run_log.flush()
         files = Files.of(cfg, root, job.dir)
         predictions = {"variant": cfg.variant, "stage": cfg.stage, **identity(cfg), "tags": result.tags,
                        "params": params, "examples": result.examples}
         write_outputs(files, model, history, result, predictions)
+        run_log.flush()  # params and epochs in the store: the logged model takes them (the last epoch's metrics)
+        logged = store_call("log the model", log_model, model, name=cfg.variant, task=str(cfg.task),
+                            head=cfg.model.head, n_classes=cfg.ds.num_classes, example=data["x_test"],
+                            tags=identity(cfg), step=len(history) - 1)
+        run_log.log(result.metrics, model_id=logged.model_id, dataset=test_set)  # the Models tab's test metrics
+        run_log.flush()
         store_call("tag the run", mlflow.set_tags, result.tags)
         store_call("log the predictions", mlflow.log_dict, predictions, PREDICTIONS_FILE)
-        for artifact in (files.model_dir / MODEL_FILE, files.model_dir / OUTPUTS_FILE):
-            store_call(f"log {artifact.name}", mlflow.log_artifact, str(artifact))
+        store_call(f"log {OUTPUTS_FILE}", mlflow.log_artifact, str(files.model_dir / OUTPUTS_FILE))
+        if cfg.registers:
+            version = register(logged.model_id, run.info.run_id, dataset=cfg.dataset, task=str(cfg.task),
+                               head=cfg.model.head, trainer=str(cfg.trainer.name), variant=cfg.variant,
+                               from_logits=head_spec(cfg.task, cfg.model.head).from_logits, metrics=result.metrics)
+            store_call("tag the run", mlflow.set_tag, "logitlab.registered", f"{version.name}/{version.version}")
+            log.info("registered %s version %s as @%s; @champion is @%s", version.name, version.version,
+                     version.alias, version.champion)
     log.info("%s test: %s", run_name, ", ".join(f"{k}={result.metrics[k]:.6g}" for k in (
         "test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max")))
     log.info("run %s: %s", run.info.run_id, runs_link(run.info.experiment_id))

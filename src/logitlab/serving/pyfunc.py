@@ -1,0 +1,135 @@
+"""A variant's MLflow model: the Keras flavor, and one serving contract for every head.
+
+The model is logged with MLflow's own Keras flavor (`mlflow.keras.load_model` gives back the trained
+model, whose outputs are the head's raw outputs: logits for a logit head), and its `python_function`
+flavor is this module: `mlflow.pyfunc.load_model(...).predict(x)` returns, for every head, the same
+columns, `prob_0` ... `prob_<k-1>` (the probability of each class; `prob_0`, `prob_1` for a binary
+task) and `class` (the predicted class). A logit head's outputs go through the stable softmax
+(sigmoid for binary) at prediction time, as the lesson says; a probability head's outputs pass
+through as they are, so the mismatched multi-class `sigmoid` head's need not sum to 1.
+
+Why the Keras flavor and not the TensorFlow one: the TensorFlow flavor saves a SavedModel for
+TF Serving, losing Keras's layers, compile settings and the `.keras` file the pipeline already
+writes; the Keras flavor keeps the very model the stage trained. Why a pyfunc loader of our own:
+Keras's pyfunc returns the raw outputs, which differ in meaning from head to head.
+
+The pyfunc loader is this module, so serving needs logitlab installed beside MLflow (`pip install
+-e .`; `mlflow models serve --env-manager local` in the project's environment). MLflow's `code_paths`
+would ship the package inside the model, but loading such a model drops and re-imports every module
+of the package in the loading process (mlflow.utils.model_utils._add_code_to_system_path), which
+would reset the state of a sweep that logs one model per job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from logitlab.evaluate.numerics import class_probabilities, predicted_class, probabilities
+from logitlab.model.heads import head_spec
+
+FLAVOR = "keras"                 # the logged model's flavor, as the Models tab shows it
+CLASS_COLUMN = "class"
+EXAMPLE_ROWS = 2                 # rows of the input example stored with each model
+
+
+def columns(task: str, n_classes: int) -> list[str]:
+    """The serving contract's columns: one probability per class, then the predicted class."""
+    k = 2 if task == "binary" else n_classes
+    return [f"prob_{i}" for i in range(k)] + [CLASS_COLUMN]
+
+
+def predict_frame(outputs: np.ndarray, task: str, head: str) -> Any:
+    """The head's raw outputs as the serving contract's DataFrame."""
+    import pandas as pd
+
+    probs = probabilities(np.asarray(outputs, dtype=np.float32), task, head)
+    per_class = class_probabilities(probs, task)
+    frame = pd.DataFrame(per_class, columns=columns(task, per_class.shape[1])[:-1])
+    frame[CLASS_COLUMN] = predicted_class(probs, task)
+    return frame
+
+
+def signature(n_features: int, task: str, n_classes: int) -> Any:
+    """Input: a float32 tensor (-1, n_features), as the Keras flavor requires; output: the columns."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    names = columns(task, n_classes)
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features))]),
+                          outputs=Schema([ColSpec("float", c) for c in names[:-1]] + [ColSpec("long", CLASS_COLUMN)]))
+
+
+def requirements() -> list[str]:
+    """What loading the model needs, pinned to what trained it (no inference: MLflow's would start a
+    subprocess that loads the model, seconds per model)."""
+    import importlib.metadata as md
+
+    found = []
+    for dist in ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas", "scipy"):
+        try:
+            found.append(f"{dist}=={md.version(dist)}")
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+# --------------------------------------------------------------------------- the flavor module
+
+
+def save_model(model: Any, path: str, mlflow_model: Any = None, *, task: str, head: str, **keras_kwargs: Any) -> None:
+    """mlflow.keras.save_model, with this module as the python_function loader (Model.log calls this)."""
+    import mlflow.keras
+    from mlflow.models import Model
+    from mlflow.models.model import MLMODEL_FILE_NAME
+    from mlflow.pyfunc import FLAVOR_NAME as PYFUNC, MAIN
+
+    mlflow_model = mlflow_model if mlflow_model is not None else Model()
+    mlflow_model.metadata = {**(mlflow_model.metadata or {}), "logitlab.task": task, "logitlab.head": head,
+                             "logitlab.from_logits": head_spec(task, head).from_logits}
+    os.makedirs(path, exist_ok=True)  # mlflow.keras.save_model writes the input example before it makes the folder
+    mlflow.keras.save_model(model, path, mlflow_model=mlflow_model, **keras_kwargs)
+    mlflow_model.flavors[PYFUNC][MAIN] = __name__
+    mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+
+
+def log_model(model: Any, *, name: str, task: str, head: str, n_classes: int, example: np.ndarray,
+              tags: dict[str, str], step: int) -> Any:
+    """Log `model` as an MLflow logged model of the active run; returns MLflow's ModelInfo."""
+    from mlflow.models import Model
+
+    return Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], flavor_name=FLAVOR, model=model, task=task, head=head,
+                     signature=signature(int(example.shape[1]), task, n_classes),
+                     input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float32),
+                     pip_requirements=requirements(), tags=tags, step=step)
+
+
+class HeadPredictor:
+    """What mlflow.pyfunc.load_model wraps: the Keras model, and the head that says what its outputs are."""
+
+    def __init__(self, model: Any, task: str, head: str) -> None:
+        self.model, self.task, self.head = model, task, head
+
+    def get_raw_model(self) -> Any:
+        """The Keras model (raw outputs): `mlflow.pyfunc.load_model(uri).get_raw_model()`."""
+        return self.model
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        from logitlab.model.build import forward
+
+        x = data.to_numpy(dtype=np.float32) if hasattr(data, "to_numpy") else np.asarray(data, dtype=np.float32)
+        return predict_frame(forward(self.model, x, 1024), self.task, self.head)
+
+
+def _load_pyfunc(path: str, model_config: Any = None) -> HeadPredictor:
+    """The python_function loader MLflow calls with the model's folder."""
+    from mlflow.keras.load import _load_keras_model
+    from mlflow.models import Model
+    from mlflow.models.model import MLMODEL_FILE_NAME
+
+    conf = Model.load(os.path.join(path, MLMODEL_FILE_NAME))
+    meta = conf.metadata or {}  # written by save_model above
+    return HeadPredictor(_load_keras_model(path, conf), meta["logitlab.task"], meta["logitlab.head"])

@@ -1,0 +1,144 @@
+"""The model registry: one registered model per dataset x task (`logitlab-mnist`,
+`logitlab-mnist-binary`), one version per trained variant, an alias per head pointing at that head's
+latest version (`@logit`, `@softmax_strict`; `@logit_gradient_tape` for another trainer), and
+`@champion` on the version with the lowest test loss of its own probabilities (`test_loss_f64`).
+
+Why not Keras's `test_loss`: the multi-class `sigmoid` head trains and is evaluated on softmax of
+its logits (Keras's rescue), so its `test_loss` equals the softmax head's while its own outputs,
+which it serves, do not even sum to 1; `test_loss_f64` is the loss of what the model serves. Ties
+(softmax and logit train bit-identically) go to the head that outputs logits, the lesson's advice.
+
+And model URIs checked before use: a name, alias or version that does not exist is one line naming
+it and listing what exists, never MLflow's traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from logitlab.errors import UserError
+from logitlab.tracking.redaction import redact_text
+from logitlab.tracking.store import store_call
+
+PREFIX = "logitlab"
+CHAMPION = "champion"
+RANKED_BY = "test_loss_f64"
+TAG_LOSS, TAG_FROM_LOGITS, TAG_VARIANT = f"logitlab.{RANKED_BY}", "logitlab.from_logits", "logitlab.variant"
+DEFAULT_TRAINER = "fit"
+
+
+def registered_name(dataset: str, task: str) -> str:
+    return f"{PREFIX}-{dataset}" + ("" if task == "multiclass" else f"-{task}")
+
+
+def alias(head: str, trainer: str) -> str:
+    return head if trainer == DEFAULT_TRAINER else f"{head}_{trainer}"
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    alias: str
+    champion: str  # the alias that holds @champion now
+
+
+def register(model_id: str, run_id: str, *, dataset: str, task: str, head: str, trainer: str, variant: str,
+             from_logits: bool, metrics: dict[str, float]) -> Registered:
+    """A new version of the dataset x task's registered model for the logged model `model_id`; the
+    head's alias moves to it, and @champion to the best version any head's alias points at."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    name = registered_name(dataset, task)
+
+    def create() -> None:  # once per name; a concurrent job may create it first
+        try:
+            client.create_registered_model(name, description=(
+                f"logitlab: every head trained on {dataset} ({task}); @{CHAMPION} has the lowest {RANKED_BY}, "
+                "and each head's alias its latest version"))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    store_call(f"create registered model {name}", create)
+    tags = {TAG_VARIANT: variant, "logitlab.head": head, "logitlab.trainer": trainer, TAG_FROM_LOGITS: str(from_logits),
+            **{f"logitlab.{k}": repr(float(metrics[k])) for k in ("test_loss", "test_accuracy", RANKED_BY)}}
+    version = store_call(f"register a version of {name}", client.create_model_version, name,
+                         source=f"models:/{model_id}", run_id=run_id, model_id=model_id, tags=tags,
+                         await_creation_for=0)
+    head_alias = alias(head, trainer)
+    store_call(f"set alias {name}@{head_alias}", client.set_registered_model_alias, name, head_alias, version.version)
+    return Registered(name, str(version.version), head_alias, crown(client, name))
+
+
+def crown(client: Any, name: str) -> str:
+    """Move @champion to the best of the versions the heads' aliases point at; returns its alias."""
+    model = store_call(f"read registered model {name}", client.get_registered_model, name)
+    ranked = []
+    for head_alias, version in model.aliases.items():
+        if head_alias == CHAMPION:
+            continue
+        tags = store_call(f"read {name} version {version}", client.get_model_version, name, version).tags
+        ranked.append((float(tags.get(TAG_LOSS, "inf")), tags.get(TAG_FROM_LOGITS) != "True", head_alias, version))
+    _, _, best, version = min(ranked)
+    store_call(f"set alias {name}@{CHAMPION}", client.set_registered_model_alias, name, CHAMPION, version)
+    return best
+
+
+# --------------------------------------------------------------------------- model URIs
+
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?$")
+
+
+def check_model_uri(uri: str, tracking_uri: str) -> None:
+    """Make sure `models:/NAME@ALIAS` (or `models:/NAME/VERSION`) names something the registry at
+    `tracking_uri` holds; a UserError naming it and listing what exists otherwise. A logged model's
+    own URI (`models:/m-...`) is checked as a logged model."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    match = _URI.match(uri)
+    if not match:
+        raise UserError(f"model {uri!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION, "
+                        f"e.g. models:/{registered_name('mnist', 'multiclass')}@{CHAMPION}")
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    name, wanted_alias, version = match["name"], match["alias"], match["version"]
+    store = redact_text(tracking_uri)
+    if name.startswith("m-") and not (wanted_alias or version):
+        try:
+            client.get_logged_model(name)
+        except MlflowException:
+            raise UserError(f"no logged model {name!r} in the tracking store {store}") from None
+        return
+    names = sorted(m.name for m in store_call("list registered models", client.search_registered_models,
+                                              max_results=1000))
+    if name not in names:
+        raise UserError(f"no registered model {name!r} in the tracking store {store}; registered: "
+                        f"{', '.join(names) or 'none (make repro registers the pipeline models)'}")
+    model = store_call(f"read registered model {name}", client.get_registered_model, name)
+    if wanted_alias is None and version is None:
+        raise UserError(f"model {uri!r} names no version; use models:/{name}@ALIAS (valid: "
+                        f"{', '.join(sorted(model.aliases)) or 'none'}) or models:/{name}/VERSION")
+    if wanted_alias is not None and wanted_alias not in model.aliases:
+        raise UserError(f"registered model {name!r} has no alias {wanted_alias!r}; valid: "
+                        f"{', '.join(sorted(model.aliases)) or 'none'}")
+    if version is not None:
+        versions = sorted(int(v.version) for v in store_call(f"list versions of {name}", client.search_model_versions,
+                                                             f"name = '{name}'"))
+        if not version.isdigit() or int(version) not in versions:
+            raise UserError(f"registered model {name!r} has no version {version!r}; valid: "
+                            f"{', '.join(map(str, versions)) or 'none'}")
+
+
+def load(uri: str, tracking_uri: str | None = None) -> Any:
+    """mlflow.pyfunc.load_model(uri), with the URI checked first (one line if it names nothing)."""
+    import mlflow
+
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    check_model_uri(uri, tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(uri)

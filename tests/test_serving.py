@@ -1,0 +1,248 @@
+"""MLflow-native models: every head's logged model serves one contract (a probability per class and
+the predicted class), the registry's aliases and champion, model URIs checked in one line, and a
+real `mlflow models serve` answering on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from scipy.special import expit, softmax
+
+from helpers import PYTHON, ROOT, app, subprocess_env, tiny_mnist
+
+ALL_HEADS = [("multiclass", h) for h in ("softmax", "logit", "softmax_strict", "sigmoid")] + [
+    ("binary", h) for h in ("sigmoid", "logit", "sigmoid_strict")]
+LOGIT_HEADS = {"logit"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serving-tests")
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).normal(0, 3, size=(64, 6)).astype(np.float32)
+
+
+def logged(task: str, head: str, x: np.ndarray, seed: int = 0):
+    """A model of `head` (random weights, large enough to saturate), logged in a run of its own."""
+    import keras
+    import mlflow
+
+    from logitlab.model.build import build_model
+    from logitlab.serving.pyfunc import log_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(x.shape[1], 5, [16], head, task=task)
+    with mlflow.start_run() as run:
+        info = log_model(model, name=f"{task}-{head}", task=task, head=head, n_classes=5, example=x, tags={"head": head},
+                         step=0)
+    return model, info, run.info.run_id
+
+
+@pytest.mark.parametrize("task, head", ALL_HEADS)
+def test_every_head_serves_probabilities_and_the_class_and_keeps_its_raw_outputs(store, x, task, head):
+    import mlflow
+
+    model, info, _ = logged(task, head, x)
+    raw = np.asarray(model(x, training=False))
+    served = mlflow.pyfunc.load_model(info.model_uri).predict(x)
+
+    probs = (expit(raw) if task == "binary" else softmax(raw, axis=1)) if head in LOGIT_HEADS else raw
+    per_class = np.concatenate([1 - probs, probs], axis=1) if task == "binary" else probs
+    k = per_class.shape[1]
+    assert list(served.columns) == [f"prob_{i}" for i in range(k)] + ["class"]
+    np.testing.assert_allclose(served[[f"prob_{i}" for i in range(k)]].to_numpy(), per_class, rtol=1e-5, atol=1e-7)
+    expected_class = (probs[:, 0] >= 0.5).astype(int) if task == "binary" else per_class.argmax(axis=1)
+    np.testing.assert_array_equal(served["class"].to_numpy(), expected_class)
+    if head != "sigmoid" or task == "binary":
+        np.testing.assert_allclose(per_class.sum(axis=1), 1, rtol=1e-5)
+
+    keras_again = mlflow.keras.load_model(info.model_uri)  # the Keras flavor: the raw outputs, as trained
+    np.testing.assert_allclose(np.asarray(keras_again(x, training=False)), raw, rtol=1e-6)
+
+
+def test_a_logit_head_serves_where_a_naive_softmax_overflows(store, x):
+    import mlflow
+
+    _, info, _ = logged("multiclass", "logit", x)
+    huge = np.full((1, x.shape[1]), 1e4, dtype=np.float32)  # logits in the thousands
+    served = mlflow.pyfunc.load_model(info.model_uri).predict(huge)
+    values = served[[c for c in served.columns if c.startswith("prob_")]].to_numpy()
+    assert np.isfinite(values).all() and values.sum() == pytest.approx(1.0)
+
+
+def test_the_logged_model_has_a_signature_an_example_and_pinned_requirements(store, x):
+    import mlflow
+
+    _, info, run_id = logged("multiclass", "logit", x)
+    model = mlflow.models.get_model_info(info.model_uri)
+    assert model.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 6)}}]
+    assert [c["name"] for c in model.signature.outputs.to_dict()] == [f"prob_{i}" for i in range(5)] + ["class"]
+    assert set(model.flavors) == {"keras", "python_function"}
+    assert model.flavors["python_function"]["loader_module"] == "logitlab.serving.pyfunc"
+    local = mlflow.artifacts.download_artifacts(info.model_uri)
+    example = json.loads(open(f"{local}/input_example.json").read())
+    np.testing.assert_allclose(np.asarray(example, dtype=np.float32), x[:2])
+    requirements = open(f"{local}/requirements.txt").read().split()
+    assert any(r.startswith("keras==") for r in requirements) and any(r.startswith("mlflow==") for r in requirements)
+    assert mlflow.get_logged_model(info.model_id).source_run_id == run_id
+
+
+def register(x, head: str, loss: float, task: str = "multiclass", trainer: str = "fit"):
+    from logitlab.model.heads import head_spec
+    from logitlab.serving.registry import register
+
+    _, info, run_id = logged(task, head, x)
+    metrics = {"test_loss": loss, "test_accuracy": 0.9, "test_loss_f64": loss}
+    return register(info.model_id, run_id, dataset="toy", task=task, head=head, trainer=trainer,
+                    variant=f"toy-{head}", from_logits=head_spec(task, head).from_logits, metrics=metrics)
+
+
+def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, x):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    first = register(x, "softmax", 0.30)
+    assert (first.name, first.version, first.alias, first.champion) == ("logitlab-toy", "1", "softmax", "softmax")
+    assert register(x, "logit", 0.30).champion == "logit", "a tie goes to the head that outputs logits"
+    assert register(x, "sigmoid", 0.50).champion == "logit"
+    tape = register(x, "logit", 0.40, trainer="gradient_tape")
+    assert tape.alias == "logit_gradient_tape" and tape.champion == "logit"
+    better = register(x, "softmax", 0.10)
+    assert (better.version, better.champion) == ("5", "softmax"), "the head's alias moves to its latest version"
+    aliases = {k: str(v) for k, v in client.get_registered_model("logitlab-toy").aliases.items()}
+    assert aliases == {"softmax": "5", "logit": "2", "sigmoid": "3", "logit_gradient_tape": "4", "champion": "5"}
+    assert register(x, "logit", 0.2, task="binary").name == "logitlab-toy-binary"
+    version = client.get_model_version("logitlab-toy", "5")
+    assert version.tags["logitlab.variant"] == "toy-softmax" and float(version.tags["logitlab.test_loss_f64"]) == 0.1
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("models:/logitlab-nope@champion", "no registered model 'logitlab-nope' in the tracking store {store}; registered: "
+                                       "logitlab-toy, logitlab-toy-binary"),
+    ("models:/logitlab-toy@best", "registered model 'logitlab-toy' has no alias 'best'; valid: champion, logit, "
+                                  "logit_gradient_tape, sigmoid, softmax"),
+    ("models:/logitlab-toy/99", "registered model 'logitlab-toy' has no version '99'; valid: 1, 2, 3, 4, 5"),
+    ("models:/logitlab-toy", "model 'models:/logitlab-toy' names no version; use models:/logitlab-toy@ALIAS"),
+    ("runs:/abc/model", "model 'runs:/abc/model' is not a registry URI"),
+])
+def test_a_model_that_does_not_exist_is_one_line_naming_it_and_what_exists(store, x, uri, message):
+    """Runs after the registry test above (same module store)."""
+    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", uri, "--tracking-uri", store], capture_output=True,
+                          text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"logitlab serve: error: {message.format(store=store)}"), line
+
+    from logitlab.errors import UserError
+    from logitlab.serving.registry import load
+
+    with pytest.raises(UserError) as raised:
+        load(uri, store)
+    assert str(raised.value).startswith(message.format(store=store))
+
+
+def test_serving_without_a_store_says_how_to_make_one(tmp_path):
+    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-mnist@champion", "--root",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"logitlab serve: error: no tracking store at sqlite:///{tmp_path}/mlflow.db; "
+                                   "`make repro` trains and registers the models, or pass --tracking-uri (or set "
+                                   "MLFLOW_TRACKING_URI)")
+    assert list(tmp_path.iterdir()) == [], "no store was created"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.slow
+def test_the_champion_is_served_on_loopback(tmp_path):
+    """The train app registers a MNIST model; `python -m logitlab serve` (mlflow models serve) answers
+    five test digits with probabilities and the Keras model's classes, and a malformed request with 400."""
+    import mlflow
+
+    data = tiny_mnist(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = subprocess_env()
+    for head in ("softmax", "logit"):
+        trained = subprocess.run(app("train", *data, f"model.head={head}", "trainer.epochs=2", "trainer.verbose=0",
+                                     "tracking.register=true", f"tracking.uri='{uri}'",
+                                     f"hydra.run.dir={tmp_path / head}"),
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+
+    mlflow.set_tracking_uri(uri)
+    keras_model = mlflow.keras.load_model("models:/logitlab-mnist@champion")
+    digits = np.load(tmp_path / "processed" / "mnist.npz")["x_test"][:5]
+    expected = np.asarray(keras_model(digits, training=False)).argmax(axis=1)
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-mnist@champion", "--tracking-uri", uri,
+                             "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        status, answer = post(f"{url}/invocations", json.dumps({"inputs": digits.tolist()}).encode())
+        assert status == 200, answer
+        rows = answer["predictions"]
+        assert len(rows) == 5
+        probs = np.array([[row[f"prob_{i}"] for i in range(10)] for row in rows])
+        np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+        assert [row["class"] for row in rows] == expected.tolist()
+        assert (probs.argmax(axis=1) == expected).all()
+
+        for malformed in (b"not json", json.dumps({"inputs": [[0.0, 1.0, 2.0]]}).encode()):
+            status, answer = post(f"{url}/invocations", malformed)
+            assert status == 400, answer
+            assert answer["error_code"] in ("BAD_REQUEST", "INVALID_PARAMETER_VALUE")
+        assert proc.poll() is None, "a bad request does not stop the server"
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+        mlflow.set_tracking_uri(None)
