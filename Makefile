@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS ?= 1
 # DVC stages call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast bench params ui server
+.PHONY: setup repro test test-fast bench params ui server serve
 
 setup: $(STAMP)
 
@@ -44,3 +44,6 @@ ui: $(STAMP)  ## MLflow UI on the project's store, loopback only
 server: $(STAMP)  ## MLflow tracking server, loopback only; BACKEND=postgresql://... ARTIFACTS=dir|s3://... PORT=5000
 	$(BIN)/python -m logitlab server --port $(or $(PORT),5000) \
 	    $(if $(BACKEND),--backend-store-uri '$(BACKEND)') $(if $(ARTIFACTS),--artifacts-destination '$(ARTIFACTS)')
+
+serve: $(STAMP)  ## a registered model behind MLflow's scoring server, loopback only; MODEL=models:/logitlab-mnist@champion PORT=5001
+	$(BIN)/python -m logitlab serve '$(or $(MODEL),models:/logitlab-mnist@champion)' --port $(or $(PORT),5001)

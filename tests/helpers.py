@@ -102,6 +102,25 @@ def subprocess_env(**extra: str) -> dict:
     return env
 
 
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Until `url` answers 200; fails with the end of `log` if `proc` exits or time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{url} did not answer (exit code {proc.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 def app(stage: str, *args: str) -> list[str]:
     """The command line of a pipeline app (pipelines/<stage>.py) with Hydra overrides."""
     return [PYTHON, str(ROOT / "pipelines" / f"{stage}.py"), *args]

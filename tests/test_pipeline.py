@@ -231,8 +231,32 @@ def test_dvc_repro_end_to_end(tmp_path):
     for f, content in files.items():
         assert RUN_METRICS - {"loss", "accuracy", "val_loss", "val_accuracy"} | NUMERICS <= set(content["data"]), f
 
+    # MLflow-native models: one logged model per variant with its test metrics on the test set, the
+    # training and test sets as inputs digested by DVC's hash, and the registry with an alias per head.
+    import mlflow
+    import yaml
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    models = client.search_logged_models(experiment_ids=[runs[0].info.experiment_id])
+    assert sorted(m.name for m in models) == sorted(VARIANTS), "one logged model per variant"
+    for model in models:
+        linked = {m.key: m for m in model.metrics}
+        assert linked["test_loss"].dataset_name == f"{model.tags['dataset']}-test", model.name
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for r in runs:
+        md5 = lock[f"preprocess@{r.data.tags['dataset']}"]["outs"][0]["md5"]
+        assert sorted((d.dataset.name, d.dataset.digest) for d in r.inputs.dataset_inputs) == sorted(
+            (f"{r.data.tags['dataset']}-{split}", md5) for split in ("test", "train")), r.info.run_name
+    aliases = {m.name: set(m.aliases) for m in client.search_registered_models()}
+    assert aliases == {"logitlab-mnist": {"softmax", "logit", "champion"},
+                       "logitlab-blobs": {"softmax", "logit", "logit_gradient_tape", "champion"},
+                       "logitlab-mnist-binary": {"logit", "champion"}, "logitlab-blobs-binary": {"logit", "champion"}}
+    versions = sorted((v.name, v.version) for v in client.search_model_versions())
+    assert len(versions) == len(VARIANTS)
+
     second = run([dvc, "repro"], project, env)
     assert "Running stage" not in second.stdout, second.stdout
+    assert sorted((v.name, v.version) for v in client.search_model_versions()) == versions, "no new versions"
 
     # DVC is the source of truth: without any tracking store, a stage reproduces from DVC's files
     # alone, the report included, and its run lands in a new store.
@@ -297,3 +321,5 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert sorted((r.data.tags["dvc.exp_name"], r.data.params["optimizer.lr"]) for r in runs) == [
         ("lr-003", "0.003"), ("lr-01", "0.01"), ("lr-03", "0.03")]
     assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in runs)
+    baseline_rev = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert {r.data.tags.get("dvc.exp_baseline_rev") for r in runs} == {baseline_rev}

@@ -1,18 +1,19 @@
 """A team's tracking server: a real `mlflow server` (started as the README says, through
 `python -m logitlab server`) on PostgreSQL with proxied artifacts, a sweep logging to it over HTTP,
-the runs read back over HTTP, and no secret anywhere in what was logged."""
+the runs, logged models, dataset inputs and registry read back over HTTP, and no secret anywhere in
+what was logged, the models' metadata and input examples included."""
 
 import json
 import socket
 import subprocess
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from helpers import PYTHON, ROOT, app, subprocess_env, tiny_blobs
+from helpers import PYTHON, ROOT, app, subprocess_env, tiny_blobs, wait_for_http
 
 PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test", "user": "postgres"}
 SECRETS = {"uri": "cli-s3cret", "backend": "pg-s3cret", "password_env": "env-s3cret", "token_env": "tok-s3cret",
@@ -74,18 +75,7 @@ def server(backend, tmp_path):
                              "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
                             cwd=tmp_path, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"mlflow server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    wait_for_http(f"{url}/health", proc, tmp_path / "server.log")
     yield {"url": url, "port": port, "artifacts": artifacts, "log": tmp_path / "server.log", "backend": backend}
     proc.terminate()
     try:
@@ -111,7 +101,7 @@ def test_sweep_logs_to_a_tracking_server_and_leaks_no_secret(server, tmp_path):
                          AWS_SECRET_ACCESS_KEY=SECRETS["aws_env"], LOGITLAB_TEST_TOKEN=SECRETS["token_env"])
     uri = f"http://alice:{SECRETS['uri']}@127.0.0.1:{server['port']}"
     sweep = subprocess.run(app("train", "-m", *data, "model.head=softmax,logit", "trainer.epochs=2", "tracking=server",
-                               f"tracking.uri='{uri}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+                               "tracking.register=true", f"tracking.uri='{uri}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
 
@@ -134,22 +124,49 @@ def test_sweep_logs_to_a_tracking_server_and_leaks_no_secret(server, tmp_path):
         metrics = {m["key"] for m in child["data"]["metrics"]}
         assert {"loss", "val_loss", "test_accuracy", "output_min", "prob_max"} <= metrics
         assert child["info"]["artifact_uri"].startswith("mlflow-artifacts:"), "artifacts go through the server"
+        inputs = {d["dataset"]["name"]: d for d in child["inputs"]["dataset_inputs"]}
+        assert sorted(inputs) == ["blobs-test", "blobs-train"]
+        assert {t["value"] for d in inputs.values() for t in d["tags"]} == {"training", "evaluation"}
+        assert len(child["outputs"]["model_outputs"]) == 1, "one logged model per job"
 
-    # The artifacts landed in the server's artifact store, and come back over HTTP.
+    # The logged models and the registry, over HTTP; a model loads from the server's artifact store.
     import mlflow
 
     client = mlflow.MlflowClient(server["url"])
+    models = client.search_logged_models(experiment_ids=[experiment["experiment_id"]])
+    assert sorted(m.name for m in models) == ["blobs-logit", "blobs-softmax"]
+    assert all({"test_loss", "test_accuracy"} <= {m.key for m in model.metrics} for model in models)
+    assert sorted(m.name for m in client.search_registered_models()) == ["logitlab-blobs"]
+    registered = client.get_registered_model("logitlab-blobs")
+    assert set(registered.aliases) == {"softmax", "logit", "champion"}
+    by_id = {m.model_id: m for m in models}
+    champion = client.get_model_version("logitlab-blobs", registered.aliases["champion"])
+    assert champion.tags["logitlab.variant"] in {"blobs-logit", "blobs-softmax"}
+    mlflow.set_tracking_uri(server["url"])
+    try:
+        served = mlflow.pyfunc.load_model("models:/logitlab-blobs@champion").predict(
+            np.array([[-5.0, 2.0], [5.0, -2.0]], dtype=np.float32))
+        model_files = []
+        for model_id in by_id:
+            local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}"))
+            model_files += [p for p in local.rglob("*") if p.is_file()]
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert list(served.columns) == ["prob_0", "prob_1", "prob_2", "prob_3", "class"]
+
+    # The artifacts landed in the server's artifact store, and come back over HTTP.
     everything = []
     for r in runs:
         rid = r["info"]["run_id"]
         local = Path(client.download_artifacts(rid, "", str(tmp_path / "downloads" / rid)))
         everything += [p for p in local.rglob("*") if p.is_file()]
+    everything += model_files
     names = {p.name for p in everything}
-    assert {"model.keras", "predictions.json", "outputs.npz"} <= names
+    assert {"model.keras", "MLmodel", "input_example.json", "predictions.json", "outputs.npz"} <= names
     assert any(p.name == "model.keras" for p in server["artifacts"].rglob("*"))
 
     # No secret in params, tags, metric names, artifacts, the jobs' logs or the output.
-    logged = json.dumps(runs) + json.dumps(experiment)
+    logged = json.dumps(runs) + json.dumps(experiment) + repr([(m.tags, m.params) for m in models])
     blobs = [p.read_bytes() for p in everything]
     logs = [p.read_text() for p in (tmp_path / "sweep").rglob("*.log")]
     server_log = server["log"].read_text()

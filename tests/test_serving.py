@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from helpers import PYTHON, ROOT, app, subprocess_env, tiny_mnist
+from helpers import PYTHON, app, subprocess_env, tiny_mnist, wait_for_http
 
 ALL_HEADS = [("multiclass", h) for h in ("softmax", "logit", "softmax_strict", "sigmoid")] + [
     ("binary", h) for h in ("sigmoid", "logit", "sigmoid_strict")]
@@ -210,16 +209,7 @@ def test_the_champion_is_served_on_loopback(tmp_path):
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_for_http(f"{url}/ping", proc, tmp_path / "serve.log")
         status, answer = post(f"{url}/invocations", json.dumps({"inputs": digits.tolist()}).encode())
         assert status == 200, answer
         rows = answer["predictions"]
