@@ -139,6 +139,7 @@ def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, x)
     ("models:/logitlab-toy/99", "registered model 'logitlab-toy' has no version '99'; valid: 1, 2, 3, 4, 5"),
     ("models:/logitlab-toy", "model 'models:/logitlab-toy' names no version; use models:/logitlab-toy@ALIAS"),
     ("runs:/abc/model", "model 'runs:/abc/model' is not a registry URI"),
+    ("models:/m-0123456789abcdef", "no logged model 'm-0123456789abcdef' in the tracking store {store}"),
 ])
 def test_a_model_that_does_not_exist_is_one_line_naming_it_and_what_exists(store, x, uri, message):
     """Runs after the registry test above (same module store)."""
