@@ -143,18 +143,23 @@ def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, x)
 ])
 def test_a_model_that_does_not_exist_is_one_line_naming_it_and_what_exists(store, x, uri, message):
     """Runs after the registry test above (same module store)."""
-    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", uri, "--tracking-uri", store], capture_output=True,
-                          text=True, timeout=120, env=subprocess_env())
-    assert proc.returncode == 2
-    [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(f"logitlab serve: error: {message.format(store=store)}"), line
-
     from logitlab.errors import UserError
     from logitlab.serving.registry import load
 
     with pytest.raises(UserError) as raised:
         load(uri, store)
     assert str(raised.value).startswith(message.format(store=store))
+
+
+def test_serve_refuses_an_unknown_alias_in_one_line_before_starting_a_server(store, x):
+    """Runs after the registry test above (same module store)."""
+    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-toy@best", "--tracking-uri", store],
+                          capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "logitlab serve: error: registered model 'logitlab-toy' has no alias 'best'; valid: champion, logit, "
+        "logit_gradient_tape, sigmoid, softmax"]
+    assert proc.stdout == "", "nothing was served"
 
 
 def test_serving_without_a_store_says_how_to_make_one(tmp_path):

@@ -103,8 +103,8 @@ def log_model(model: Any, *, name: str, task: str, head: str, n_classes: int, ex
     """Log `model` as an MLflow logged model of the active run; returns MLflow's ModelInfo."""
     from mlflow.models import Model
 
-    return Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], flavor_name=FLAVOR, model=model, task=task, head=head,
-                     signature=signature(int(example.shape[1]), task, n_classes),
+    return Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], flavor_name=FLAVOR, model=model,
+                     task=task, head=head, signature=signature(int(example.shape[1]), task, n_classes),
                      input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float32),
                      pip_requirements=requirements(), tags=tags, step=step,
                      # MLflow would load the model back from disk and predict the example: the costliest
