@@ -103,13 +103,12 @@ def test_the_logged_model_has_a_signature_an_example_and_pinned_requirements(sto
 
 
 def register(x, head: str, loss: float, task: str = "multiclass", trainer: str = "fit"):
-    from logitlab.model.heads import head_spec
     from logitlab.serving.registry import register
 
     _, info, run_id = logged(task, head, x)
     metrics = {"test_loss": loss, "test_accuracy": 0.9, "test_loss_f64": loss}
     return register(info.model_id, run_id, dataset="toy", task=task, head=head, trainer=trainer,
-                    variant=f"toy-{head}", from_logits=head_spec(task, head).from_logits, metrics=metrics)
+                    variant=f"toy-{head}", metrics=metrics)
 
 
 def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, x):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from logitlab.errors import UserError
+from logitlab.model.heads import head_spec
+from logitlab.schema import Task, TrainerName
 from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.store import store_call
 
@@ -26,15 +28,14 @@ PREFIX = "logitlab"
 CHAMPION = "champion"
 RANKED_BY = "test_loss_f64"
 TAG_LOSS, TAG_FROM_LOGITS, TAG_VARIANT = f"logitlab.{RANKED_BY}", "logitlab.from_logits", "logitlab.variant"
-DEFAULT_TRAINER = "fit"
 
 
 def registered_name(dataset: str, task: str) -> str:
-    return f"{PREFIX}-{dataset}" + ("" if task == "multiclass" else f"-{task}")
+    return f"{PREFIX}-{dataset}" + ("" if task == Task.multiclass else f"-{task}")
 
 
 def alias(head: str, trainer: str) -> str:
-    return head if trainer == DEFAULT_TRAINER else f"{head}_{trainer}"
+    return head if trainer == TrainerName.fit else f"{head}_{trainer}"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Registered:
 
 
 def register(model_id: str, run_id: str, *, dataset: str, task: str, head: str, trainer: str, variant: str,
-             from_logits: bool, metrics: dict[str, float]) -> Registered:
+             metrics: dict[str, float]) -> Registered:
     """A new version of the dataset x task's registered model for the logged model `model_id`; the
     head's alias moves to it, and @champion to the best version any head's alias points at."""
     import mlflow
@@ -65,7 +66,8 @@ def register(model_id: str, run_id: str, *, dataset: str, task: str, head: str, 
                 raise
 
     store_call(f"create registered model {name}", create)
-    tags = {TAG_VARIANT: variant, "logitlab.head": head, "logitlab.trainer": trainer, TAG_FROM_LOGITS: str(from_logits),
+    tags = {TAG_VARIANT: variant, "logitlab.head": head, "logitlab.trainer": trainer,
+            TAG_FROM_LOGITS: str(head_spec(task, head).from_logits),
             **{f"logitlab.{k}": repr(float(metrics[k])) for k in ("test_loss", "test_accuracy", RANKED_BY)}}
     version = store_call(f"register a version of {name}", client.create_model_version, name,
                          source=f"models:/{model_id}", run_id=run_id, model_id=model_id, tags=tags,

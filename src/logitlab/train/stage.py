@@ -35,7 +35,6 @@ from logitlab.files import (
     write_json,
     write_text,
 )
-from logitlab.model.heads import head_spec
 from logitlab.schema import Config, Layout, run_params
 from logitlab.serving.pyfunc import log_model
 from logitlab.serving.registry import register
@@ -141,7 +140,7 @@ def train(cfg: Config, root: Path, job: Job) -> float:
         if cfg.registers:
             version = register(logged.model_id, run.info.run_id, dataset=cfg.dataset, task=str(cfg.task),
                                head=cfg.model.head, trainer=str(cfg.trainer.name), variant=cfg.variant,
-                               from_logits=head_spec(cfg.task, cfg.model.head).from_logits, metrics=result.metrics)
+                               metrics=result.metrics)
             store_call("tag the run", mlflow.set_tag, "logitlab.registered", f"{version.name}/{version.version}")
             log.info("registered %s version %s as @%s; @champion is @%s", version.name, version.version,
                      version.alias, version.champion)
