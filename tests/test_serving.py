@@ -111,21 +111,27 @@ def register(x, head: str, loss: float, task: str = "multiclass", trainer: str =
                     variant=f"toy-{head}", metrics=metrics)
 
 
-def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, x):
+@pytest.fixture(scope="module")
+def toy_registry(store, x):
+    """Six versions registered one after another, as six train jobs would; what each registration said."""
+    return [register(x, "softmax", 0.30), register(x, "logit", 0.30), register(x, "sigmoid", 0.50),
+            register(x, "logit", 0.40, trainer="gradient_tape"), register(x, "softmax", 0.10),
+            register(x, "logit", 0.2, task="binary")]
+
+
+def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, toy_registry):
     import mlflow
 
     client = mlflow.MlflowClient()
-    first = register(x, "softmax", 0.30)
+    first, tie, sigmoid, tape, better, binary = toy_registry
     assert (first.name, first.version, first.alias, first.champion) == ("logitlab-toy", "1", "softmax", "softmax")
-    assert register(x, "logit", 0.30).champion == "logit", "a tie goes to the head that outputs logits"
-    assert register(x, "sigmoid", 0.50).champion == "logit"
-    tape = register(x, "logit", 0.40, trainer="gradient_tape")
+    assert tie.champion == "logit", "a tie goes to the head that outputs logits"
+    assert sigmoid.champion == "logit"
     assert tape.alias == "logit_gradient_tape" and tape.champion == "logit"
-    better = register(x, "softmax", 0.10)
     assert (better.version, better.champion) == ("5", "softmax"), "the head's alias moves to its latest version"
     aliases = {k: str(v) for k, v in client.get_registered_model("logitlab-toy").aliases.items()}
     assert aliases == {"softmax": "5", "logit": "2", "sigmoid": "3", "logit_gradient_tape": "4", "champion": "5"}
-    assert register(x, "logit", 0.2, task="binary").name == "logitlab-toy-binary"
+    assert binary.name == "logitlab-toy-binary"
     version = client.get_model_version("logitlab-toy", "5")
     assert version.tags["logitlab.variant"] == "toy-softmax" and float(version.tags["logitlab.test_loss_f64"]) == 0.1
 
@@ -140,8 +146,7 @@ def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, x)
     ("runs:/abc/model", "model 'runs:/abc/model' is not a registry URI"),
     ("models:/m-0123456789abcdef", "no logged model 'm-0123456789abcdef' in the tracking store {store}"),
 ])
-def test_a_model_that_does_not_exist_is_one_line_naming_it_and_what_exists(store, x, uri, message):
-    """Runs after the registry test above (same module store)."""
+def test_a_model_that_does_not_exist_is_one_line_naming_it_and_what_exists(store, toy_registry, uri, message):
     from logitlab.errors import UserError
     from logitlab.serving.registry import load
 
@@ -150,8 +155,7 @@ def test_a_model_that_does_not_exist_is_one_line_naming_it_and_what_exists(store
     assert str(raised.value).startswith(message.format(store=store))
 
 
-def test_serve_refuses_an_unknown_alias_in_one_line_before_starting_a_server(store, x):
-    """Runs after the registry test above (same module store)."""
+def test_serve_refuses_an_unknown_alias_in_one_line_before_starting_a_server(store, toy_registry):
     proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-toy@best", "--tracking-uri", store],
                           capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert proc.returncode == 2
