@@ -21,7 +21,6 @@ import numpy as np
 
 from logitlab.errors import UserError
 
-_CHUNK = 1 << 20
 # A variant's model folder: its Keras model, and every test output with the decision grid (2-D inputs).
 MODEL_FILE, OUTPUTS_FILE = "model.keras", "outputs.npz"
 # What reading a damaged .npz, .json or .keras file raises.
@@ -29,11 +28,8 @@ DAMAGED = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextlib.contextmanager

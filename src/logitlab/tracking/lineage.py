@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-_CHUNK = 1 << 22
 _md5_cache: dict[tuple[str, int, int, int], str] = {}
 
 # Set by `dvc exp run` in the stages it runs (dvc.env): the experiment's name and the commit it is based on.
@@ -25,11 +24,8 @@ def dvc_md5(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if key not in _md5_cache:
-        digest = hashlib.md5(usedforsecurity=False)
         with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-        _md5_cache[key] = digest.hexdigest()
+            _md5_cache[key] = hashlib.file_digest(f, "md5").hexdigest()
     return _md5_cache[key]
 
 
