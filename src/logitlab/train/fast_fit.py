@@ -8,12 +8,12 @@ every epoch, a final partial batch, one optimizer step per batch, the metrics re
 
 Why not `model.fit` itself: for an array input it builds a tf.data pipeline, makes two iterators per
 epoch (~9 ms each on this machine) and feeds each batch through tf.data. For a small model that is
-most of an epoch: the blobs model's epoch takes ~70 ms in default `fit`, ~8 ms here. Here the
+most of an epoch (the blobs model's: see the README's Performance, `make bench`). Here the
 arrays are copied once into float32 tensors, each batch is a `tf.gather` of a shuffled index
 inside the graph, and a `tf.range` loop runs `steps_per_execution` steps per call (the progress
 bar and Ctrl-C are served between calls). With `jit_compile` each step is one XLA cluster: the
 784-256 model's steps get ~30% faster, the small models' slower (see `jit_enabled`).
-`benchmarks/bench.py` measures all of it against default `fit`.
+`benchmarks/bench.py` measures it against Keras `fit`, tuned and with its defaults.
 """
 
 from __future__ import annotations
@@ -26,24 +26,37 @@ import numpy as np
 import tensorflow as tf
 
 # XLA compiles each step into one cluster: worth it once a step's arithmetic outweighs the cluster's
-# launch cost. Measured here (benchmarks/bench.py, levers): 784-256-10 at batch 64 (~300 MFLOP per
-# step) gains ~30%; 25-15-10 at batch 32 (~4 MFLOP) loses ~20%, blobs (~0.1 MFLOP) more.
+# launch cost. Measured (the lever rows of an earlier benchmark): 784-256-10 at batch 64 (235 MFLOP
+# per step) gained ~30%; 25-15-10 at batch 32 (~2.6 MFLOP) lost ~20%, blobs (~0.1 MFLOP) more.
 JIT_AUTO_MIN_FLOPS_PER_STEP = 50e6
 
 
 def dense_flops(model: keras.Model) -> int:
-    """Forward-pass FLOPs per example of the model's Dense layers: 2 per weight of each kernel
-    (a multiply and an add), biases and activations left out. A training step costs ~3x this per
-    example (forward, then gradients of inputs and weights)."""
-    return sum(2 * int(np.prod(layer.kernel.shape)) for layer in model.layers
-               if isinstance(layer, keras.layers.Dense))
+    """Forward-pass FLOPs per example of the model's Dense layers: 2 per kernel weight (a multiply
+    and an add), biases and activations left out."""
+    return sum(_kernel_flops(model))
+
+
+def training_flops(model: keras.Model) -> int:
+    """FLOPs per example of one training step, as TensorFlow executes it: the forward pass, the
+    kernel gradient of every Dense layer (as many FLOPs as its forward product), and the gradient
+    with respect to each layer's input, except the first layer's, whose input is the data (a
+    constant: TensorFlow does not differentiate with respect to it). Biases, activations, the loss
+    and the optimizer left out. For 784-784-256-10: 3.68 MFLOP (tests/test_fast_fit.py checks it
+    against TensorFlow's own count of the traced train step)."""
+    kernels = _kernel_flops(model)
+    return 2 * sum(kernels) + sum(kernels[1:])
+
+
+def _kernel_flops(model: keras.Model) -> list[int]:
+    return [2 * int(np.prod(layer.kernel.shape)) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
 
 def jit_enabled(setting: bool | str, model: keras.Model, batch_size: int) -> bool:
     """`trainer.jit_compile`: true, false, or auto (XLA when a training step costs at least
     JIT_AUTO_MIN_FLOPS_PER_STEP)."""
     if setting == "auto":
-        return 3 * dense_flops(model) * batch_size >= JIT_AUTO_MIN_FLOPS_PER_STEP
+        return training_flops(model) * batch_size >= JIT_AUTO_MIN_FLOPS_PER_STEP
     return bool(setting)
 
 
