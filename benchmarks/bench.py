@@ -1,25 +1,36 @@
 """logitlab's benchmark: `make bench` (or `python benchmarks/bench.py`).
 
-Measures, side by side in one run, and prints as a table of ratios (baseline over logitlab: bigger
-is better), also written to benchmarks/results.json:
-- training throughput: logitlab's `fit` trainer against a plain Keras `fit` with default settings,
-  same model, data, batch size, seed and number of optimizer steps, in this process: seconds per
-  epoch, test accuracy of both, and the fraction of this machine's dense matmul peak (measured here);
-- the levers behind it, one at a time (steps_per_execution, XLA, the progress bar, threads, lazy imports);
-- tracking overhead: a training run logged to MLflow against the same training without MLflow;
-- sweep overhead: a Hydra multirun of 8 blobs jobs against the sum of its jobs' training times;
-- the pipeline: `dvc repro` from nothing (the data already fetched) in a copy of the project, and
-  in a copy of an earlier commit (PIPELINE_BASELINE, two processes per variant) side by side, then a
-  no-op `dvc repro`.
-Run it on an otherwise idle machine: every figure is a wall-clock time.
+Every figure is a wall-clock time measured in this run, on this machine, side by side with its
+baseline, and written to benchmarks/results.json. The protocol: the contenders of a row are timed in
+TRIALS interleaved rounds after one warm-up round, the order rotated each round (A B C, B C A,
+C A B, ...: no side always goes first); a row gives the median, min and max of each side and the
+ratio of the medians (baseline over logitlab: above 1, logitlab is faster). Where the two [min, max]
+ranges overlap, the row says "no difference", whatever its ratio.
+
+- Training: seconds per steady epoch (every epoch of a trial after its first, which traces the
+  graphs; each trial a fresh model) of logitlab's `fit` trainer against Keras `fit` tuned
+  (steps_per_execution=32, and jit_compile on or off, whichever was faster on that model in one try
+  each: the headline baseline) and against Keras `fit` with its defaults: the same model, data, batch
+  size, seed and optimizer steps, test accuracy of each. FLOPs as TensorFlow executes them
+  (`logitlab.train.fast_fit.training_flops`; tests/test_fast_fit.py checks them against TensorFlow's
+  profiler), as fractions of two peaks measured here: a 2048x2048 float32 matmul, and the 784-256
+  model's own matmul shapes (forward and backward, batch 64) in a tight graph loop, the attainable
+  roofline.
+- Tracking: a train job with its MLflow run against the same job without it; logging the model.
+- Sweep: 40 blobs jobs in one process (Hydra's basic launcher), wall clock with process start and
+  exit against the sum of the jobs' training times, and where the rest goes.
+- Pipeline (`--only pipeline`, make bench-pipeline): `dvc repro` from nothing (the data fetched) in a
+  copy of the project against the same in a copy of PIPELINE_BASELINE, then the no-op repro. One trial
+  each: the two repros from nothing take ~13 minutes here, so they have a make target of their own and
+  `make bench` (the other parts) stays within 15 minutes. The sweep is one trial too (90 s).
+
+Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import io
 import json
 import os
 import platform
@@ -29,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,54 +52,136 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results.json"
 
-# (name, dataset, hidden layers, batch size, epochs, targets: epoch-time ratio, peak fraction)
-THROUGHPUT = [
-    ("blobs 25-15-4, batch 32", "blobs", [25, 15], 32, 10, 4.0, None),
-    ("mnist 25-15-10, batch 32", "mnist", [25, 15], 32, 3, 4.0, None),
-    ("mnist 784-256-10, batch 64", "mnist", [784, 256], 64, 3, 1.5, 0.40),
+TRIALS = 5                  # timed rounds per row, after one warm-up round
+# (name, dataset, hidden layers, batch size, epochs per trial: the first traces, the rest are timed)
+TRAINING = [  # the big model first: the small ones' peak fractions use the roofline measured beside it
+    ("mnist 784-256-10, batch 64", "mnist", [784, 256], 64, 2),
+    ("mnist 25-15-10, batch 32", "mnist", [25, 15], 32, 2),
+    ("blobs 25-15-4, batch 32", "blobs", [25, 15], 32, 4),
 ]
-SWEEP_JOBS = 8
-TRACKING_TARGET = 0.03      # overhead, as a fraction of the training time
+BIG_MODEL = [784, 256]
+SMALL_MODEL_RATIO = 1.5     # small models: at least this much faster than tuned Keras fit
+BIG_MODEL_PEAK = 0.75       # 784-256: at least this fraction of the attainable peak
+ACCURACY_POINTS = 0.5       # test accuracy below tuned Keras fit's allowed, in percentage points
+TRACKING = [  # (name, overrides, the largest overhead allowed, as a fraction of the untracked job)
+    ("blobs 25-15-4, 10 epochs", ["dataset=blobs"], 0.05),
+    ("mnist 25-15-10, batch 64, 10 epochs", ["dataset=mnist"], 0.03),
+]
 MODEL_LOGGING_TARGET = 0.05  # logging a variant's MLflow model, as a fraction of its tracked run (issue #11)
 MODEL_LOGGING_TRIALS = 7
-SWEEP_JOB_TARGET_S = 1.0    # per-job overhead beyond training, in-process launcher
-NOOP_REPRO_TARGET_S = 5.0
-ACCURACY_POINTS = 0.5       # test accuracy below default fit's allowed, in percentage points
+SWEEP_JOBS = 40
+SWEEP_TARGET = 1.5          # the sweep's wall clock over the sum of its jobs' training times
 # The pipeline before one stage per variant (train and evaluate in two processes, 35 stages).
 PIPELINE_BASELINE = "8fc7770"
 PIPELINE_TARGET = 2.0       # the baseline's repro from nothing over ours
+NOOP_REPRO_TARGET_S = 5.0
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def entry(name: str, logitlab_s: float | None, baseline_s: float | None, **extra: Any) -> dict[str, Any]:
-    ratio = baseline_s / logitlab_s if logitlab_s and baseline_s else None
-    return {"name": name, "logitlab_s": logitlab_s, "baseline_s": baseline_s, "ratio": ratio, **extra}
+# --------------------------------------------------------------------------- the protocol
 
 
-# --------------------------------------------------------------------------- the machine
+def interleaved(contenders: dict[str, Callable[[], float]], trials: int) -> dict[str, list[float]]:
+    """Each contender's seconds in `trials` rounds after one warm-up round, the order rotated each round."""
+    names = list(contenders)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(1 + trials):
+        first = round_ % len(names)
+        for name in names[first:] + names[:first]:
+            seconds = contenders[name]()
+            if round_:
+                samples[name].append(seconds)
+    return samples
 
 
-def matmul_peak() -> float:
-    """Dense float32 matmul FLOP/s of this machine through TensorFlow: the best of 3 rounds of
-    2048x2048 products (~1 s each), all cores."""
+def verdict(ours: list[float], baseline: list[float]) -> str:
+    """'no difference' where the [min, max] ranges overlap; else which side is faster."""
+    if max(ours) < min(baseline):
+        return "logitlab faster"
+    if max(baseline) < min(ours):
+        return "baseline faster"
+    return "no difference"
+
+
+def compare(name: str, ours: list[float], baseline: list[float] | None, **extra: Any) -> dict[str, Any]:
+    """A row of the table: the medians, spreads and ratio of two sets of trials (baseline None: ours alone)."""
+    base = baseline or []
+    row = {"name": name, "logitlab_s": statistics.median(ours),
+           "baseline_s": statistics.median(base) if base else None, "ratio": None,
+           "trials": min(len(ours), len(base)) if base else len(ours),
+           "logitlab_min_s": min(ours), "logitlab_max_s": max(ours),
+           "baseline_min_s": min(base) if base else None, "baseline_max_s": max(base) if base else None,
+           "verdict": verdict(ours, base) if base else None, "gflop": None, "peak_fraction": None}
+    if base:
+        row["ratio"] = row["baseline_s"] / row["logitlab_s"]
+    row.update(extra)
+    return row
+
+
+# --------------------------------------------------------------------------- the machine's peaks
+
+
+def _best_rate(run: Callable[[], Any], flops: float, seconds: float = 1.0, rounds: int = 3) -> float:
+    """FLOP/s of `run` (which does `flops` and returns a tensor): the best of `rounds` rounds of
+    back-to-back calls for about `seconds` each, after one call to warm up."""
+    run().numpy()
+    best = 0.0
+    for _ in range(rounds):
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            out = run()
+            calls += 1
+        out.numpy()
+        best = max(best, calls * flops / (time.perf_counter() - start))
+    return best
+
+
+def matmul_peak(n: int = 2048) -> float:
+    """FLOP/s of n x n float32 matmuls through TensorFlow, all cores."""
     import tensorflow as tf
 
-    n = 2048
     a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
-    tf.linalg.matmul(a, b).numpy()
-    flops = 2.0 * n ** 3
-    best = 0.0
-    for _ in range(3):
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 1.0:
-            out = tf.linalg.matmul(a, b)
-            reps += 1
-        out.numpy()
-        best = max(best, reps * flops / (time.perf_counter() - start))
-    return best
+    return _best_rate(lambda: tf.linalg.matmul(a, b), 2.0 * n ** 3)
+
+
+def roofline(widths: tuple[int, ...] = (784, 784, 256, 10), batch: int = 64) -> tuple[Callable[[int], Any], int]:
+    """The matmuls of a training step of the Dense stack `widths` at `batch` (forward, kernel gradients,
+    input gradients but the first layer's: as TensorFlow runs them) and nothing else: `run(steps)`
+    does `steps` of them in a tf.range loop of one graph call, each step doing `flops`. Each step
+    feeds a scalar of its results into the next step's input (a loop-invariant product could be
+    hoisted out of the loop, an unused one pruned). Its rate is the attainable peak of those shapes."""
+    import tensorflow as tf
+
+    kernels = [tf.random.normal((a, b), stddev=a ** -0.5) for a, b in zip(widths, widths[1:])]
+    x0 = tf.random.normal((batch, widths[0]))
+
+    @tf.function
+    def run(steps: tf.Tensor) -> tf.Tensor:
+        x = x0
+        for _ in tf.range(steps):
+            acts = [x]
+            for w in kernels:                                  # forward
+                acts.append(tf.linalg.matmul(acts[-1], w))
+            grad, total = acts[-1], tf.constant(0.0)
+            for i in reversed(range(len(kernels))):
+                kernel_grad = tf.linalg.matmul(acts[i], grad, transpose_a=True)  # kernel gradient
+                total += tf.reduce_sum(kernel_grad[0])
+                if i:                                          # input gradient, not for the data
+                    grad = tf.linalg.matmul(grad, kernels[i], transpose_b=True)
+            x = x0 + 1e-30 * tf.tanh(total)
+        return x
+
+    forward = sum(2 * a * b for a, b in zip(widths, widths[1:]))
+    flops = (2 * forward + (forward - 2 * widths[0] * widths[1])) * batch
+    return (lambda steps: run(tf.constant(steps))), flops
+
+
+def model_shapes_peak() -> float:
+    run, flops = roofline()
+    return _best_rate(lambda: run(100), 100.0 * flops)
 
 
 # --------------------------------------------------------------------------- training throughput
@@ -99,12 +193,19 @@ def compose(overrides: list[str]):
     return compose_config(ROOT, overrides)
 
 
-def prepared(cfg):
-    """The compiled, seeded model of `cfg` and its training data, as the train stage makes them."""
+@functools.cache
+def processed(dataset: str):
     from logitlab.data.preprocess import load_processed
+
+    return load_processed(ROOT / "data" / "processed" / f"{dataset}.npz", dataset)
+
+
+def prepared(cfg, data=None):
+    """The compiled, seeded model of `cfg` and its training data, as the train stage makes them
+    (from `data`, or the processed file read once)."""
     from logitlab.train.loop import prepare
 
-    data = load_processed(cfg.path(ROOT, "processed"), cfg.dataset)
+    data = processed(cfg.dataset) if data is None else data
     return (*prepare(cfg, data), data)
 
 
@@ -128,21 +229,17 @@ class EpochClock:
     def log(self, logs: dict, step: int = 0) -> None:
         self.ends.append(time.perf_counter())
 
-    def epochs(self) -> list[float]:
+    def steady_epoch(self) -> float:
+        """The median of the epochs after the first (which traces the graphs)."""
         marks = [self.start, *self.ends]
-        return [b - a for a, b in zip(marks, marks[1:])]
+        return statistics.median(b - a for a, b in zip(marks[1:], marks[2:]))
 
-
-def epoch_stats(times: list[float]) -> dict[str, float]:
-    """The first epoch (graph tracing included) apart from the steady ones after it (their median)."""
-    return {"first_epoch_s": times[0], "epoch_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
-            "total_s": sum(times)}
+    def first_epoch(self) -> float:
+        return self.ends[0] - self.start
 
 
 def test_accuracy(model, dataset: str) -> float:
-    from logitlab.data.preprocess import load_processed
-
-    data = load_processed(ROOT / "data" / "processed" / f"{dataset}.npz", dataset)
+    data = processed(dataset)
     return float(model.evaluate(data["x_test"], data["y_test"], batch_size=1024, verbose=0, return_dict=True)["accuracy"])
 
 
@@ -151,9 +248,9 @@ def train_config(dataset: str, layers: list[int], batch: int, epochs: int, *extr
                     f"trainer.batch_size={batch}", f"trainer.epochs={epochs}", "trainer.verbose=0", *extra])
 
 
-def keras_fit(cfg, **compile_args: Any) -> tuple[dict[str, float], Any]:
-    """Plain Keras: the same model and seed as logitlab's (train.loop.prepare), compiled with Keras's
-    defaults (plus `compile_args`), `model.fit` on the same arrays and batch size."""
+def keras_fit(cfg, **compile_args: Any) -> tuple[EpochClock, Any]:
+    """Keras: the same model and seed as logitlab's (train.loop.prepare), compiled with Keras's defaults
+    (plus `compile_args`), `model.fit` on the same arrays, batch size and validation split."""
     import keras
 
     from logitlab.model.build import accuracy_for, loss_for
@@ -164,171 +261,116 @@ def keras_fit(cfg, **compile_args: Any) -> tuple[dict[str, float], Any]:
     clock = EpochClock()
     model.fit(x, y, batch_size=cfg.trainer.batch_size, epochs=cfg.trainer.epochs,
               validation_split=cfg.trainer.validation_split, verbose=0, callbacks=[clock.callback])
-    return epoch_stats(clock.epochs()), model
+    return clock, model
 
 
-def logitlab_fit(cfg) -> tuple[dict[str, float], Any]:
+def logitlab_fit(cfg) -> tuple[EpochClock, Any]:
     from logitlab.train.stage import TRAINERS
 
     model, x, y, _ = prepared(cfg)
     clock = EpochClock()
     TRAINERS[cfg.trainer.name](model, x, y, cfg, clock)
-    return epoch_stats(clock.epochs()), model
+    return clock, model
 
 
-def flops_per_epoch(model, n: int, validation_split: float) -> float:
-    """Training examples cost forward + backward (~3x forward); validation examples a forward pass."""
-    from logitlab.train.fast_fit import dense_flops, training_examples
-
-    n_train = training_examples(n, validation_split)
-    return dense_flops(model) * (3 * n_train + (n - n_train))
-
-
-def throughput(peak: float) -> list[dict[str, Any]]:
-    rows = []
-    for name, dataset, layers, batch, epochs, target, peak_target in THROUGHPUT:
-        cfg = train_config(dataset, layers, batch, epochs)
-        log(f"throughput: {name}, {epochs} epochs: Keras fit with default settings ...")
-        base, base_model = keras_fit(cfg)
-        log(f"throughput: {name}: logitlab's fit trainer ...")
-        ours, model = logitlab_fit(cfg)
-        from logitlab.data.preprocess import load_processed
-
-        n = len(load_processed(ROOT / "data" / "processed" / f"{dataset}.npz", dataset)["y_train"])
-        flops = flops_per_epoch(model, n, cfg.trainer.validation_split)
-        acc, base_acc = test_accuracy(model, dataset), test_accuracy(base_model, dataset)
-        steps, base_steps = int(model.optimizer.iterations), int(base_model.optimizer.iterations)
-        row = entry(f"training s/epoch: {name}", ours["epoch_s"], base["epoch_s"],
-                    peak_fraction=flops / ours["epoch_s"] / peak, baseline_peak_fraction=flops / base["epoch_s"] / peak,
-                    first_epoch_s=ours["first_epoch_s"], baseline_first_epoch_s=base["first_epoch_s"],
-                    total_s=ours["total_s"], baseline_total_s=base["total_s"],
-                    test_accuracy=acc, baseline_test_accuracy=base_acc, optimizer_steps=steps,
-                    baseline_optimizer_steps=base_steps, epochs=epochs, gflop_per_epoch=flops / 1e9,
-                    accuracy_points=(acc - base_acc) * 100,
-                    target=f"ratio >= {target}" + (f", peak >= {peak_target:.0%}" if peak_target else "")
-                    + f", test accuracy at most {ACCURACY_POINTS} pt below, same steps")
-        # One-sided: logitlab reshuffles every epoch, while a seeded Keras fit (3.15) draws the same
-        # permutation each epoch (its tf.data iterator is re-seeded): logitlab may well do better.
-        row["met"] = (row["ratio"] >= target and (peak_target is None or row["peak_fraction"] >= peak_target)
-                      and row["accuracy_points"] >= -ACCURACY_POINTS and steps == base_steps)
-        rows.append(row)
-    return rows
-
-
-# --------------------------------------------------------------------------- levers
-
-
-class _Terminal(io.StringIO):
-    """Captured output that says it is a terminal, so Keras draws its live progress bar."""
-
-    def isatty(self) -> bool:
-        return True
-
-
-def levers() -> list[dict[str, Any]]:
-    """Each lever alone, as seconds per steady epoch against default Keras fit on the same case."""
-    rows = []
-    cases = [("mnist 25-15-10, batch 32", ["mnist", [25, 15], 32, 3]),
-             ("mnist 784-256-10, batch 64", ["mnist", [784, 256], 64, 2])]  # 2 epochs: the bench's budget
-    for case, (dataset, layers, batch, epochs) in cases:
-        cfg = train_config(dataset, layers, batch, epochs)
-        log(f"levers: {case} ...")
-        default = keras_fit(cfg)[0]["epoch_s"]
-        variants = [
-            ("Keras fit, steps_per_execution=32", lambda: keras_fit(cfg, steps_per_execution=32)),
-            ("Keras fit, steps_per_execution=32, jit_compile", lambda: keras_fit(cfg, steps_per_execution=32,
-                                                                                 jit_compile=True)),
-            ("logitlab fit, jit_compile=false", lambda: logitlab_fit(
-                train_config(dataset, layers, batch, epochs, "trainer.jit_compile=false"))),
-            ("logitlab fit, jit_compile=true", lambda: logitlab_fit(
-                train_config(dataset, layers, batch, epochs, "trainer.jit_compile=true"))),
-            ("logitlab fit, a whole epoch per call", lambda: logitlab_fit(
-                train_config(dataset, layers, batch, epochs, "trainer.steps_per_execution=100000"))),
-        ]
-        if layers == [25, 15]:
-            def progress_bar():
-                with contextlib.redirect_stdout(_Terminal()):
-                    return logitlab_fit(train_config(dataset, layers, batch, epochs, "trainer.verbose=1"))
-            variants.append(("logitlab fit, live progress bar (verbose=1)", progress_bar))
-        for label, run in variants:
-            rows.append(entry(f"lever: {case}: {label}", run()[0]["epoch_s"], default))
-        threads = _threads_probe(dataset, layers, batch, epochs) if layers == [25, 15] else None
-        if threads:
-            rows.append(entry(f"lever: {case}: logitlab fit, 1 intra-op + 1 inter-op thread (default: 2 + 2)",
-                              threads["one"], threads["default"]))
-    return rows
-
-
-def _threads_probe(dataset: str, layers: list[int], batch: int, epochs: int) -> dict[str, float] | None:
-    """TensorFlow's thread pools are set once per process: each setting gets a fresh process."""
-    out = {}
-    for key, threads in (("default", 0), ("one", 1)):
-        proc = subprocess.run([sys.executable, __file__, "--probe", json.dumps([dataset, layers, batch, epochs, threads])],
-                              capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode:
-            log(f"threads probe failed: {proc.stderr[-2000:]}")
-            return None
-        out[key] = json.loads(proc.stdout.strip().splitlines()[-1])["epoch_s"]
-    return out
-
-
-def probe(spec: str) -> None:
-    dataset, layers, batch, epochs, threads = json.loads(spec)
-    import tensorflow as tf
-
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    print(json.dumps(logitlab_fit(train_config(dataset, layers, batch, epochs))[0]))
-
-
-def wall(cmd: list[str]) -> float:
-    """Seconds a command takes to run (whatever its exit status), output discarded."""
+def _seconds_of(run: Callable[[], Any]) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, capture_output=True)
+    run().numpy()
     return time.perf_counter() - start
 
 
-@functools.cache
-def import_seconds() -> float:
-    """What every train process pays first: `import tensorflow, keras, mlflow` in a
-    fresh Python (the best of two)."""
-    return min(wall([sys.executable, "-c", "import tensorflow, keras, mlflow"]) for _ in range(2))
+def epoch_flops(model, n: int, validation_split: float) -> float:
+    """An epoch's FLOPs: a training step for each training example, a forward pass for each validation one."""
+    from logitlab.train.fast_fit import dense_flops, training_examples, training_flops
+
+    n_train = training_examples(n, validation_split)
+    return training_flops(model) * n_train + dense_flops(model) * (n - n_train)
 
 
-def lazy_imports() -> list[dict[str, Any]]:
-    """A command line that fails or asks for --help answers before TensorFlow is imported."""
-    helps = wall([sys.executable, "pipelines/train.py", "--help"])
-    bad = wall([sys.executable, "pipelines/train.py", "trainer.epochs=0"])
-    imports = import_seconds()
-    return [entry("lever: lazy imports: train.py --help, against importing TensorFlow, Keras and MLflow", helps, imports),
-            entry("lever: lazy imports: train.py trainer.epochs=0 (one-line error)", bad, imports)]
+def training(peaks: dict[str, float], trials: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, dataset, layers, batch, epochs in TRAINING:
+        cfg = train_config(dataset, layers, batch, epochs)
+        log(f"training: {name}: Keras fit tuned, jit_compile off and on, one try each ...")
+        probe = {jit: keras_fit(cfg, steps_per_execution=32, jit_compile=jit)[0].steady_epoch() for jit in (False, True)}
+        jit = min(probe, key=probe.get)
+        runs: dict[str, tuple[EpochClock, Any]] = {}
+
+        def timed(key: str, run: Callable[[], tuple[EpochClock, Any]]) -> Callable[[], float]:
+            def trial() -> float:
+                runs[key] = run()
+                return runs[key][0].steady_epoch()
+            return trial
+
+        contenders = {"logitlab": timed("logitlab", lambda: logitlab_fit(cfg)),
+                      "tuned": timed("tuned", lambda: keras_fit(cfg, steps_per_execution=32, jit_compile=jit)),
+                      "default": timed("default", lambda: keras_fit(cfg))}
+        model = prepared(cfg)[0]
+        flops = epoch_flops(model, len(processed(dataset)["y_train"]), cfg.trainer.validation_split)
+        if layers == BIG_MODEL:  # the roofline, timed beside the trainers: an epoch's FLOPs in matmuls alone
+            run, step_flops = roofline((model.input_shape[-1], *layers, model.output_shape[-1]), batch)
+            contenders["roofline"] = lambda: _seconds_of(lambda: run(round(flops / step_flops)))
+        log(f"training: {name}: {', '.join(contenders)} (Keras tuned: jit_compile={jit}); "
+            f"{trials} rounds of {epochs} epochs after a warm-up ...")
+        samples = interleaved(contenders, trials)
+        if "roofline" in samples:
+            peaks["attainable"] = flops / statistics.median(samples["roofline"])
+            peaks["attainable_min"], peaks["attainable_max"] = (flops / max(samples["roofline"]),
+                                                                flops / min(samples["roofline"]))
+        accuracy = {key: test_accuracy(model, dataset) for key, (_, model) in runs.items()}
+        steps = {key: int(model.optimizer.iterations) for key, (_, model) in runs.items()}
+        ours = statistics.median(samples["logitlab"])
+        for baseline, label in (("tuned", f"Keras fit tuned (steps_per_execution=32, jit_compile={jit})"),
+                                ("default", "Keras fit, default settings")):
+            base = statistics.median(samples[baseline])
+            row = compare(f"training s/epoch: {name}, against {label}", samples["logitlab"], samples[baseline],
+                          gflop=flops / 1e9, peak_fraction=flops / ours / peaks["attainable"],
+                          matmul_peak_fraction=flops / ours / peaks["matmul"],
+                          baseline_peak_fraction=flops / base / peaks["attainable"],
+                          first_epoch_s=runs["logitlab"][0].first_epoch(),
+                          baseline_first_epoch_s=runs[baseline][0].first_epoch(),
+                          epochs_per_trial=epochs, test_accuracy=accuracy["logitlab"],
+                          baseline_test_accuracy=accuracy[baseline],
+                          accuracy_points=(accuracy["logitlab"] - accuracy[baseline]) * 100,
+                          optimizer_steps=steps["logitlab"], baseline_optimizer_steps=steps[baseline])
+            if "roofline" in samples:
+                roof = samples["roofline"]
+                row.update(roofline_s=statistics.median(roof), roofline_min_s=min(roof), roofline_max_s=max(roof))
+            if baseline == "tuned":
+                row["tuned_jit_probe_s"] = {str(k).lower(): v for k, v in probe.items()}
+                fair = row["accuracy_points"] >= -ACCURACY_POINTS and row["optimizer_steps"] == row["baseline_optimizer_steps"]
+                if layers == BIG_MODEL:
+                    row["target"] = f">= {BIG_MODEL_PEAK:.0%} of the attainable peak, accuracy, same steps"
+                    row["met"] = row["peak_fraction"] >= BIG_MODEL_PEAK and fair
+                else:
+                    row["target"] = f">= {SMALL_MODEL_RATIO}x tuned Keras, accuracy, same steps"
+                    row["met"] = (row["ratio"] >= SMALL_MODEL_RATIO and row["verdict"] == "logitlab faster" and fair)
+            rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- tracking and sweeps
 
 
-def tracking_overhead(store: Path) -> list[dict[str, Any]]:
-    """The same train stage (data, model, fit, evaluation, the variant's files) with and without its
-    MLflow run; the store exists beforehand, as it does after a project's first run. The best of a few
-    of each, alternated."""
-    from logitlab.data.preprocess import task_labels
+def tracking_overhead(store: Path, trials: int) -> list[dict[str, Any]]:
+    """The same train job (data, model, fit, evaluation, the variant's files) with and without its
+    MLflow run; the store exists beforehand, as it does after a project's first run."""
+    from logitlab.data.preprocess import load_processed, task_labels
     from logitlab.evaluate.metrics import evaluate
     from logitlab.sweep import Job
     from logitlab.tracking.runs import open_store
     from logitlab.train.stage import TRAINERS, Files, train, write_outputs
 
-    rows = []
-    for name, overrides, repeats in (("blobs 25-15-4, 10 epochs", ["dataset=blobs"], 5),
-                                     ("mnist 25-15-10, batch 64, 10 epochs", ["dataset=mnist"], 3)):
+    rows, mnist_run = [], None
+    for name, overrides, target in TRACKING:
         cfg = compose([*overrides, "trainer.verbose=0", f"tracking.uri=sqlite:///{store / 'mlflow.db'}"])
         open_store(cfg.tracking, ROOT, "the benchmark")
-        job_dir = store / "runs" / overrides[0].split("=")[1]
+        job_dir = store / "runs" / cfg.dataset
         job = Job(multirun=False, num=0, overrides=[], dir=job_dir, sweep_dir=job_dir)
 
-        def untracked() -> float:
+        def untracked() -> float:  # as `train` does, less the run: the processed file read, ...
             start = time.perf_counter()
-            model, x, y, data = prepared(cfg)
+            model, x, y, data = prepared(cfg, load_processed(cfg.path(ROOT, "processed"), cfg.dataset))
             history = TRAINERS[cfg.trainer.name](model, x, y, cfg, None)
             y_test = task_labels(data["y_test"], cfg.task, cfg.ds.binary.positive_class)
             result = evaluate(model, data["x_test"], y_test, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
@@ -341,17 +383,17 @@ def tracking_overhead(store: Path) -> list[dict[str, Any]]:
             train(cfg, ROOT, job)
             return time.perf_counter() - start
 
-        log(f"tracking overhead: {name} ...")
-        times = {"off": [], "on": []}
-        for _ in range(repeats):
-            times["off"].append(untracked())
-            times["on"].append(tracked())
-        on, off = min(times["on"]), min(times["off"])
-        row = entry(f"tracking overhead: {name}", on, off, overhead_fraction=on / off - 1,
-                    target=f"overhead <= {TRACKING_TARGET:.0%}")
-        row["met"] = row["overhead_fraction"] <= TRACKING_TARGET
+        log(f"tracking overhead: {name}: {trials} rounds after a warm-up ...")
+        samples = interleaved({"tracked": tracked, "untracked": untracked}, trials)
+        row = compare(f"tracking overhead: {name}, against the same job untracked", samples["tracked"],
+                      samples["untracked"], target=f"overhead <= {target:.0%}")
+        row["overhead_fraction"] = row["logitlab_s"] / row["baseline_s"] - 1
+        row["met"] = row["overhead_fraction"] <= target
         rows.append(row)
-    rows.append(model_logging(min(times["on"])))
+        if cfg.dataset == "mnist":
+            mnist_run = row["logitlab_s"]
+    if mnist_run is not None:
+        rows.append(model_logging(mnist_run))
     return rows
 
 
@@ -371,28 +413,27 @@ def model_logging(mnist_run_s: float) -> dict[str, Any]:
             log_model(model, name="bench", task="multiclass", head="logit", n_classes=10, example=data["x_test"],
                       tags={}, step=0)
             times.append(time.perf_counter() - start)
-    times = sorted(times[1:])
-    median = times[len(times) // 2]
-    row = entry("tracking overhead: logging the MNIST 25-15 model, against its tracked run", median, mnist_run_s,
-                trials=len(times), logitlab_min_s=times[0], logitlab_max_s=times[-1],
-                overhead_fraction=median / mnist_run_s, target=f"<= {MODEL_LOGGING_TARGET:.0%} of the run")
+    row = compare("tracking overhead: logging the MNIST 25-15 model, against its tracked run", times[1:], None,
+                  run_s=mnist_run_s, target=f"<= {MODEL_LOGGING_TARGET:.0%} of the run")
+    row["overhead_fraction"] = row["logitlab_s"] / mnist_run_s
     row["met"] = row["overhead_fraction"] <= MODEL_LOGGING_TARGET
     return row
 
 
-def sweep_overhead(store: Path) -> list[dict[str, Any]]:
-    """`python pipelines/train.py -m` over 8 learning rates of blobs (Hydra's in-process launcher)."""
+def sweep(store: Path) -> list[dict[str, Any]]:
+    """`python pipelines/train.py -m` over SWEEP_JOBS blobs jobs (40 seeds) with Hydra's in-process
+    launcher: the wall clock, process start and exit included, against the sum of the jobs' training
+    times, and where the rest went (from the runs' own start and end times)."""
     import mlflow
 
-    rates = ",".join(f"{0.001 * (i + 1):g}" for i in range(SWEEP_JOBS))
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    cmd = [sys.executable, "pipelines/train.py", "-m", "dataset=blobs", f"optimizer.lr={rates}", "trainer.verbose=0",
-           f"hydra.sweep.dir={store / 'multirun'}", f"tracking.uri={uri}"]
     from logitlab.tracking.runs import open_store
 
+    uri = f"sqlite:///{store / 'mlflow.db'}"
     open_store(compose([f"tracking.uri={uri}"]).tracking, ROOT, "the benchmark")  # the store exists
+    cmd = [sys.executable, "pipelines/train.py", "-m", "dataset=blobs", f"seed=range(0,{SWEEP_JOBS})",
+           "trainer.verbose=0", f"hydra.sweep.dir={store / 'multirun'}", f"tracking.uri={uri}"]
     log(f"sweep: {SWEEP_JOBS} blobs jobs in one process ...")
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode:
@@ -401,15 +442,21 @@ def sweep_overhead(store: Path) -> list[dict[str, Any]]:
     experiment = client.get_experiment_by_name("logitlab")
     parent = client.search_runs([experiment.experiment_id], "tags.`logitlab.kind` = 'sweep'",
                                 order_by=["attributes.start_time DESC"], max_results=1)[0]
-    jobs = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    training_s = sum(r.data.metrics["train_seconds"] for r in jobs)
-    sweep_s = (parent.info.end_time - parent.info.start_time) / 1000
-    per_job = (sweep_s - training_s) / len(jobs)
-    processes = {r.data.tags.get("logitlab.pid") for r in jobs}
-    row = entry(f"sweep: {len(jobs)} blobs jobs (basic launcher), wall against the jobs' training", wall, training_s,
-                jobs=len(jobs), sweep_s=sweep_s, start_and_exit_s=wall - sweep_s, per_job_overhead_s=per_job,
-                processes=len(processes), target=f"per-job overhead <= {SWEEP_JOB_TARGET_S} s, one process")
-    row["met"] = per_job <= SWEEP_JOB_TARGET_S and len(processes) == 1
+    jobs = sorted(client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                     max_results=1000), key=lambda r: r.info.start_time)
+    training = [r.data.metrics["train_seconds"] for r in jobs]
+    in_run = [(r.info.end_time - r.info.start_time) / 1000 - t for r, t in zip(jobs, training)]
+    between = [(b.info.start_time - a.info.end_time) / 1000 for a, b in zip(jobs, jobs[1:])]
+    row = compare(f"sweep: {len(jobs)} blobs jobs in one process, wall clock against the sum of their training",
+                  [wall], [sum(training)], jobs=len(jobs), processes=len({r.data.tags.get("logitlab.pid") for r in jobs}),
+                  wall_over_training=wall / sum(training), training_per_job_s=statistics.median(training),
+                  in_run_overhead_per_job_s=statistics.median(in_run),
+                  between_jobs_s=statistics.median(between) if between else 0.0,
+                  start_s=jobs[0].info.start_time / 1000 - started,
+                  exit_s=started + wall - jobs[-1].info.end_time / 1000,
+                  target=f"wall <= {SWEEP_TARGET}x the jobs' training")
+    row["verdict"] = None  # one process against its own jobs' training: no contest
+    row["met"] = row["wall_over_training"] <= SWEEP_TARGET and row["processes"] == 1
     return [row]
 
 
@@ -470,111 +517,216 @@ def _repro(project: Path, python_bin: Path) -> tuple[float, int, float, int]:
     return (*run("repro"), *run("repro"))
 
 
-def pipeline(workdir: Path) -> list[dict[str, Any]]:
-    """`dvc repro` from nothing in a copy of the project, and in a copy of PIPELINE_BASELINE, one after
-    the other on the same machine, so the project's own outputs, dvc.lock and store stay as they are."""
+def pipeline(workdir: Path, baseline: str | None) -> list[dict[str, Any]]:
+    """`dvc repro` from nothing in a copy of the project, then the no-op repro; with `baseline` (a
+    commit), the repro from nothing in a copy of that commit too, right after, on the same machine.
+    Copies, so the project's own outputs, dvc.lock and store stay as they are."""
     ours = _project_copy(workdir / "project", None)
     log("pipeline: dvc repro from nothing (the data already fetched) ...")
     full, stages, noop, rerun = _repro(ours, BIN)
     base_full = base_stages = None
-    if subprocess.run(["git", "cat-file", "-e", f"{PIPELINE_BASELINE}^{{commit}}"], cwd=ROOT).returncode == 0:
-        base = _project_copy(workdir / "baseline", PIPELINE_BASELINE)
-        log(f"pipeline: the same at {PIPELINE_BASELINE}, two processes per variant ...")
+    if baseline:
+        if subprocess.run(["git", "cat-file", "-e", f"{baseline}^{{commit}}"], cwd=ROOT,
+                          capture_output=True).returncode:
+            raise SystemExit(f"bench: error: commit {baseline} is not in this clone (git fetch it, or pick "
+                             f"another with --pipeline-baseline)")
+        base = _project_copy(workdir / "baseline", baseline)
+        log(f"pipeline: the same at {baseline} ...")
         base_full, base_stages, _, _ = _repro(base, _baseline_python(workdir, base))
-    else:
-        log(f"pipeline: commit {PIPELINE_BASELINE} is not in this clone: no baseline")
-    row = entry(f"pipeline: dvc repro from nothing (data fetched), against {PIPELINE_BASELINE}", full, base_full,
-                stages=stages, baseline_stages=base_stages, per_stage_s=full / max(stages, 1),
-                import_tensorflow_keras_mlflow_s=import_seconds(), target=f"ratio >= {PIPELINE_TARGET}")
-    row["met"] = None if base_full is None else row["ratio"] >= PIPELINE_TARGET
-    noop_row = entry("pipeline: no-op dvc repro, against the repro from nothing", noop, full, stages_rerun=rerun,
-                     target=f"<= {NOOP_REPRO_TARGET_S} s")
+    name = "pipeline: dvc repro from nothing (data fetched)" + (f", against {baseline}" if baseline else "")
+    row = compare(name, [full], None if base_full is None else [base_full], stages=stages,
+                  baseline_stages=base_stages, per_stage_s=full / max(stages, 1),
+                  baseline_per_stage_s=None if base_full is None else base_full / max(base_stages, 1),
+                  import_tensorflow_keras_mlflow_s=import_seconds())
+    if baseline:
+        row["target"] = f"ratio >= {PIPELINE_TARGET}"
+        row["met"] = row["ratio"] >= PIPELINE_TARGET
+    noop_row = compare("pipeline: no-op dvc repro", [noop], None, stages_rerun=rerun,
+                       target=f"<= {NOOP_REPRO_TARGET_S} s, nothing rerun")
     noop_row["met"] = noop <= NOOP_REPRO_TARGET_S and rerun == 0
     return [row, noop_row]
+
+
+def wall(cmd: list[str]) -> float:
+    """Seconds a command takes to run (whatever its exit status), output discarded."""
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, capture_output=True)
+    return time.perf_counter() - start
+
+
+@functools.cache
+def import_seconds() -> float:
+    """What a train process pays first: `import tensorflow, keras, mlflow` in a fresh Python (best of two)."""
+    return min(wall([sys.executable, "-c", "import tensorflow, keras, mlflow"]) for _ in range(2))
 
 
 # --------------------------------------------------------------------------- the table
 
 
+def _seconds(median: float | None, low: float | None, high: float | None) -> str:
+    if median is None:
+        return ""
+    return f"{median:.3f}" if low == high else f"{median:.3f} [{low:.3f}-{high:.3f}]"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The README's table: every row of a results file, each figure as results.json has it."""
+    def seconds(r: dict[str, Any], side: str) -> str:
+        median, low, high = r[f"{side}_s"], r[f"{side}_min_s"], r[f"{side}_max_s"]
+        if median is None:
+            return ""
+        return f"{median:.3f} s" if low == high else f"{median:.3f} s [{low:.3f}-{high:.3f}]"
+
+    def target(r: dict[str, Any]) -> str:
+        if "target" not in r:
+            return ""
+        return f"{r['target']}: " + {True: "met", False: "**not met**", None: ""}[r.get("met")]
+
+    lines = ["| measurement | logitlab, median [min-max] | baseline, median [min-max] | ratio | verdict | of peak | target |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["results"]:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        if "overhead_fraction" in r:
+            ratio = f"{r['overhead_fraction']:+.1%}"
+        elif "wall_over_training" in r:  # one process against its own jobs: no contest, no verdict
+            ratio, r = f"{r['wall_over_training']:.2f}x the training", {**r, "verdict": None}
+        peak = "" if r.get("peak_fraction") is None or r["peak_fraction"] < 0.01 else f"{r['peak_fraction']:.0%}"
+        lines.append(f"| {r['name']} | {seconds(r, 'logitlab')} | {seconds(r, 'baseline')} | {ratio} | "
+                     f"{r.get('verdict') or ''} | {peak} | {target(r)} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     from tabulate import tabulate
 
-    def fmt(value: Any, spec: str) -> str:
-        return "" if value is None else format(value, spec)
+    body = [[r["name"], _seconds(r["logitlab_s"], r["logitlab_min_s"], r["logitlab_max_s"]),
+             _seconds(r["baseline_s"], r["baseline_min_s"], r["baseline_max_s"]),
+             "" if r["ratio"] is None else f"{r['ratio']:.2f}", r["verdict"] or "",
+             "" if r.get("peak_fraction") is None else f"{r['peak_fraction']:.1%}",
+             {True: "yes", False: "NO", None: ""}[r.get("met")]] for r in rows]
+    return tabulate(body, headers=["measurement", "logitlab s, median [min-max]", "baseline s, median [min-max]",
+                                   "ratio", "verdict", "of peak", "target met"], disable_numparse=True)
 
-    body = [[r["name"], fmt(r["logitlab_s"], ".3f"), fmt(r["baseline_s"], ".3f"), fmt(r["ratio"], ".2f"),
-             fmt(r.get("peak_fraction"), ".0%"), {True: "yes", False: "NO", None: ""}[r.get("met")]]
-            for r in rows]
-    return tabulate(body, headers=["measurement", "logitlab s", "baseline s", "ratio", "of peak", "target met"], disable_numparse=True)
 
-
-def details(rows: list[dict[str, Any]]) -> str:
-    lines = []
+def details(rows: list[dict[str, Any]], peaks: dict[str, float]) -> str:
+    lines = [f"peaks: 2048x2048 float32 matmul {peaks['matmul'] / 1e9:.0f} GFLOP/s; the 784-256 model's own matmul "
+             f"shapes at batch 64 {peaks['attainable'] / 1e9:.0f} GFLOP/s (the attainable peak, 'of peak' above"
+             + (f"; median of the trials beside the 784-256 trainers, {peaks['attainable_min'] / 1e9:.0f}-"
+                f"{peaks['attainable_max'] / 1e9:.0f}" if "attainable_min" in peaks else "") + ")"]
     for r in rows:
-        if r["name"].startswith("training"):
-            lines.append(f"{r['name']}: first epoch {r['first_epoch_s']:.2f} s vs {r['baseline_first_epoch_s']:.2f} s, "
-                         f"{r['epochs']} epochs {r['total_s']:.2f} s vs {r['baseline_total_s']:.2f} s; test accuracy "
-                         f"{r['test_accuracy']:.4f} vs {r['baseline_test_accuracy']:.4f}; {r['optimizer_steps']} vs "
-                         f"{r['baseline_optimizer_steps']} optimizer steps; {r['gflop_per_epoch']:.1f} GFLOP/epoch, "
-                         f"default fit at {r['baseline_peak_fraction']:.0%} of peak")
-        elif r["name"].startswith("tracking overhead: logging"):
-            lines.append(f"{r['name']}: median {r['logitlab_s']:.3f} s (min {r['logitlab_min_s']:.3f}, max "
-                         f"{r['logitlab_max_s']:.3f}, {r['trials']} calls), {r['overhead_fraction']:.1%} of the run")
-        elif r["name"].startswith("tracking"):
-            lines.append(f"{r['name']}: overhead {r['overhead_fraction']:+.1%} of the untracked run")
-        elif r["name"].startswith("sweep"):
-            lines.append(f"{r['name']}: the sweep itself {r['sweep_s']:.1f} s, process start and exit "
-                         f"{r['start_and_exit_s']:.1f} s; {r['per_job_overhead_s']:.2f} s per job beyond training; "
-                         f"{r['processes']} process(es) for {r['jobs']} jobs")
-        elif r["name"].startswith("pipeline: dvc"):
-            lines.append(f"{r['name']}: {r['stages']} stages (baseline: {r['baseline_stages']}), "
-                         f"{r['per_stage_s']:.1f} s each on average; a bare `import tensorflow, keras, mlflow` "
-                         f"takes {r['import_tensorflow_keras_mlflow_s']:.1f} s")
+        name = r["name"]
+        if name.startswith("training"):
+            line = (f"{name}: {r['gflop']:.2f} GFLOP/epoch, {r['peak_fraction']:.1%} of the attainable peak and "
+                    f"{r['matmul_peak_fraction']:.1%} of the matmul peak (the baseline: {r['baseline_peak_fraction']:.1%}"
+                    f" of the attainable); first epoch {r['first_epoch_s']:.2f} s vs {r['baseline_first_epoch_s']:.2f} s;"
+                    f" test accuracy {r['test_accuracy']:.4f} vs {r['baseline_test_accuracy']:.4f} "
+                    f"({r['accuracy_points']:+.2f} pt) after {r['optimizer_steps']} vs {r['baseline_optimizer_steps']} steps")
+            if "tuned_jit_probe_s" in r:
+                probe = r["tuned_jit_probe_s"]
+                line += f"; tuned Keras's one try: jit_compile off {probe['false']:.3f} s, on {probe['true']:.3f} s"
+            lines.append(line)
+        elif name.startswith("tracking"):
+            lines.append(f"{name}: {r['overhead_fraction']:+.1%}")
+        elif name.startswith("sweep"):
+            lines.append(f"{name}: {r['wall_over_training']:.2f}x the training; per job (medians): training "
+                         f"{r['training_per_job_s']:.2f} s, the rest of its run {r['in_run_overhead_per_job_s']:.2f} s "
+                         f"(evaluation, files, datasets, the model, opening and closing the run), between runs "
+                         f"{r['between_jobs_s']:.2f} s (Hydra's job set-up); process start to the first run "
+                         f"{r['start_s']:.1f} s, last run to exit {r['exit_s']:.1f} s; {r['processes']} process(es)")
+        elif name.startswith("pipeline: dvc"):
+            against = (f" (the baseline: {r['baseline_stages']} at {r['baseline_per_stage_s']:.1f} s)"
+                       if r["baseline_stages"] else "")
+            lines.append(f"{name}: {r['stages']} stages at {r['per_stage_s']:.1f} s each on average{against}; a bare "
+                         f"`import tensorflow, keras, mlflow` takes {r['import_tensorflow_keras_mlflow_s']:.1f} s")
     return "\n".join(lines)
+
+
+PARTS = ["training", "tracking", "sweep", "pipeline"]
+DEFAULT_PARTS = ["training", "tracking", "sweep"]  # make bench; `--only pipeline` is make bench-pipeline
+
+
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def merged(out: Path, parts: list[str], rows: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    """The results file with the rows of `parts` replaced by `rows` (and the rows of the other parts
+    kept, as an earlier run measured them): `--only pipeline --pipeline-baseline ...` adds its row to
+    a full run's."""
+    old: dict[str, Any] = {}
+    if out.is_file():
+        try:
+            old = json.loads(out.read_text())
+        except json.JSONDecodeError:
+            log(f"bench: {out} is not JSON; writing it anew")
+    kept = [r for r in old.get("results", []) if r.get("part") not in parts and r.get("part") in PARTS]
+    runs = {part: info for part, info in old.get("runs", {}).items() if part not in parts and part in PARTS}
+    runs.update({part: run for part in parts})
+    order = {part: i for i, part in enumerate(PARTS)}
+    return {"runs": runs, "results": sorted(kept + rows, key=lambda r: order[r["part"]])}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", choices=["throughput", "levers", "tracking", "sweep", "pipeline"],
-                        help="run these parts only (default: all)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, help=f"run these parts (default: {' '.join(DEFAULT_PARTS)});"
+                        " the results file keeps the other parts' rows")
+    parser.add_argument("--trials", type=int, default=TRIALS, help=f"timed rounds per row (default: {TRIALS})")
+    parser.add_argument("--pipeline-baseline", metavar="COMMIT", default=PIPELINE_BASELINE,
+                        help=f"the pipeline part's baseline, run side by side (default: {PIPELINE_BASELINE}; "
+                        "'none': ours alone)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the results (default: {RESULTS})")
-    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    parser.add_argument("--markdown", action="store_true", help="print the results file as the README's table; "
+                        "run nothing")
     args = parser.parse_args()
-    if args.probe:
-        probe(args.probe)
+    if args.markdown:
+        try:
+            print(markdown(json.loads(args.out.read_text())))
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            print(f"bench: error: {args.out} is not a results file of this benchmark ({exc}); run `make bench`",
+                  file=sys.stderr)
+            return 2
         return 0
-    parts = args.only or ["throughput", "levers", "tracking", "sweep", "pipeline"]
+    if args.trials < 1:
+        parser.error(f"--trials must be at least 1, got {args.trials}")
+    parts = args.only or DEFAULT_PARTS
+    baseline = None if args.pipeline_baseline.lower() == "none" else args.pipeline_baseline
     for dataset in ("mnist", "blobs"):
         if not (ROOT / "data" / "processed" / f"{dataset}.npz").is_file():
             print(f"bench: error: data/processed/{dataset}.npz does not exist; run `make repro` (or "
                   f"`dvc repro preprocess@{dataset}`) first", file=sys.stderr)
             return 2
     started = time.perf_counter()
-    peak = matmul_peak()
-    log(f"dense float32 matmul peak: {peak / 1e9:.0f} GFLOP/s")
+    peaks = {"matmul": matmul_peak(), "attainable": model_shapes_peak()}
+    log(f"peaks: 2048x2048 matmul {peaks['matmul'] / 1e9:.0f} GFLOP/s, 784-256 shapes {peaks['attainable'] / 1e9:.0f} GFLOP/s")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="logitlab-bench-") as tmp:
         work = Path(tmp)
-        if "throughput" in parts:
-            rows += throughput(peak)
-        if "levers" in parts:
-            rows += levers() + lazy_imports()
-        if "tracking" in parts:
-            rows += tracking_overhead(work)
-        if "sweep" in parts:
-            rows += sweep_overhead(work)
-        if "pipeline" in parts:
-            rows += pipeline(work)
+        for part in parts:
+            if part == "training":
+                new = training(peaks, args.trials)
+            elif part == "tracking":
+                new = tracking_overhead(work, args.trials)
+            elif part == "sweep":
+                new = sweep(work)
+            else:
+                new = pipeline(work, baseline)
+            rows += [{"part": part, **row} for row in new]
     elapsed = time.perf_counter() - started
-    results = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                           "matmul_peak_gflops": peak / 1e9, "python": platform.python_version()},
-               "bench_seconds": elapsed, "results": rows}
+    run = {"date": time.strftime("%Y-%m-%d"), "seconds": elapsed, "trials": args.trials, "cpus": os.cpu_count(),
+           "processor": cpu_model(), "python": platform.python_version(),
+           "matmul_peak_gflops": peaks["matmul"] / 1e9, "attainable_peak_gflops": peaks["attainable"] / 1e9}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"dense float32 matmul peak of this machine: {peak / 1e9:.0f} GFLOP/s ({os.cpu_count()} CPUs)\n")
+    args.out.write_text(json.dumps(merged(args.out, parts, rows, run), indent=2) + "\n")
     print(table(rows))
     print()
-    print(details(rows))
+    print(details(rows, peaks))
     print(f"\n{len(rows)} measurements in {elapsed / 60:.1f} min; written to {args.out}")
     return 0
 
