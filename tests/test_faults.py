@@ -111,6 +111,7 @@ def test_unreachable_tracking_server_fails_within_seconds(tmp_path, blobs):
     assert not (tmp_path / "job" / "model.keras").exists()
 
 
+@pytest.mark.slow  # three runs of the real stage, two of them waiting out SQLite's busy timeout (~50 s)
 def test_locked_sqlite_store_is_retried_then_reported(tmp_path, blobs):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = subprocess.run(app("train", *blobs, "trainer.epochs=1", f"tracking.uri='{store}'", f"hydra.run.dir={tmp_path / 'a'}"),
@@ -144,6 +145,7 @@ def test_locked_sqlite_store_is_retried_then_reported(tmp_path, blobs):
     assert [r.info.status for r in runs_of(store)] == ["FINISHED", "FINISHED"]
 
 
+@pytest.mark.slow  # a run of the real stage each (~14 s)
 @pytest.mark.parametrize("lr, reason", [
     ("1e6", r"loss reached \d\.\d\de\+\d\d, above trainer\.max_loss=1e\+06, in epoch 1: training diverged"),
     ("1e10", r"loss became nan in epoch 1: training diverged"),
