@@ -76,10 +76,57 @@ def test_keras3_hands_the_softmax_heads_logits_to_the_loss():
     assert _loss_curve("sigmoid_strict", task="binary") != binary_logit
 
 
-def _saturated(head, task="multiclass"):
+def _trained(head, precision, x, y):
+    keras.utils.set_random_seed(0)
+    model = compile_model(build_model(2, 4, [8], head, precision=precision), head, 0.05, precision=precision)
+    model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("precision, rescued", [("float32", True), ("float64", False), ("mixed_float16", False),
+                                                ("mixed_bfloat16", False)])
+def test_the_logit_rescue_holds_at_float32_only(precision, rescued):
+    """Pins Keras 3's behaviour per dtype policy. Its cross-entropy casts the model's output to its own
+    float32 first; a float16, bfloat16 or float64 output is cast, the cast carries no attached logits,
+    and the softmax head trains on clipped probabilities exactly as softmax_strict does. At float32 it
+    trains exactly as the logit head. A Keras release that changes either fails here."""
+    from logitlab.evaluate.numerics import training_path
+
+    x, y = _blobs(160)
+    models = {head: _trained(head, precision, x, y) for head in ("softmax", "logit", "softmax_strict")}
+    weights = {head: [np.asarray(w) for w in m.get_weights()] for head, m in models.items()}
+
+    def same(a, b):
+        return all(np.array_equal(p, q) for p, q in zip(weights[a], weights[b]))
+
+    compute = {"float32": "float32", "float64": "float64", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+    assert models["softmax"](x[:2]).dtype.name == compute[precision]
+    assert same("softmax", "logit") is rescued
+    assert same("softmax", "softmax_strict") is not rescued
+    assert not same("logit", "softmax_strict")
+    assert training_path(models["softmax"], x[:4], "multiclass", "softmax") == ("logits" if rescued else "probabilities")
+    assert training_path(models["logit"], x[:4], "multiclass", "logit") == "logits"
+
+
+def test_numerics_run_in_the_models_precision():
+    """Under mixed_float16 the saturated softmax head's probabilities are float16: exactly 0 and 1,
+    and its loss takes the clipped path (no rescue), while the logits keep the true loss."""
+    model, x, y = _saturated("softmax", precision="mixed_float16")
+    metrics, tags = numerics(model, x, y, "multiclass", "softmax", 8)
+    assert tags["numerics.train_loss_path"] == "probabilities"
+    assert metrics["prob_exact1_count"] == len(x) and metrics["prob_exact0_count"] == 2 * len(x)
+    assert metrics["clip_ceiling_fraction"] == 1.0 and metrics["clip_grad_norm_probs"] == 0.0
+    assert metrics["loss_err_probs_max"] > 40 and metrics["loss_err_logits_max"] < 1e-3
+    assert metrics["loss_err_train_max"] == pytest.approx(metrics["loss_err_probs_max"], abs=1e-3)
+    float32, _, _ = _saturated("softmax")
+    assert numerics(float32, x, y, "multiclass", "softmax", 8)[1]["numerics.train_loss_path"] == "logits"
+
+
+def _saturated(head, task="multiclass", precision="float32"):
     """A model whose head makes huge logits: the wrong class wins by a mile on every example."""
     keras.utils.set_random_seed(0)
-    model = compile_model(build_model(2, 3, [4], head, task=task), head, 0.001, task=task)
+    model = compile_model(build_model(2, 3, [4], head, task=task, precision=precision), head, 0.001, task=task,
+                          precision=precision)
     x = np.abs(np.random.default_rng(0).normal(size=(16, 2))).astype(np.float32) + 1
     kernel, bias = head_weights(model)
     model.get_layer("hidden_0").set_weights([np.eye(2, 4, dtype=np.float32), np.zeros(4, np.float32)])

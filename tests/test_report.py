@@ -33,6 +33,16 @@ def test_seeds_aggregate_as_mean_and_std():
     assert set(VARIANT.values()) <= set(table.columns)
 
 
+def test_precisions_stay_apart_and_runs_without_one_are_float32():
+    runs = fake_runs()
+    mixed = runs.iloc[[0]].assign(**{"params.precision": "mixed_float16", "metrics.test_accuracy": 0.5})
+    table = summarize(pd.concat([runs, mixed], ignore_index=True))
+    logit = table[table["head"] == "logit"].set_index("precision")
+    assert logit.loc["float32", "test_accuracy"] == pytest.approx(0.92) and logit.loc["float32", "runs"] == 2
+    assert logit.loc["mixed_float16", "test_accuracy"] == 0.5
+    assert "mixed_float16" in to_markdown(table)
+
+
 def test_markdown_shows_mean_plus_minus_std():
     markdown = to_markdown(summarize(fake_runs()))
     assert "0.92 ± 0.028" in markdown

@@ -51,6 +51,8 @@ def test_batch_size_falls_back_to_the_dataset():
     [
         # refused by the types, at composition
         ("task=ternary", "task: Invalid value 'ternary', expected one of [multiclass, binary]"),
+        ("precision=float16", "precision: Invalid value 'float16', expected one of "
+                              "[float32, float64, mixed_float16, mixed_bfloat16]"),
         ("trainer.name=sgd_loop", "trainer.name: Invalid value 'sgd_loop', expected one of [fit, gradient_tape]"),
         ("model.activation=swishy", "model.activation: Invalid value 'swishy', expected one of "
                                     "[relu, sigmoid, tanh, gelu, linear]"),
@@ -139,6 +141,8 @@ def test_variant_and_stage_name_the_non_default_task_and_trainer():
     assert (binary.variant, binary.stage) == ("blobs-binary-sigmoid_strict", "train_binary@blobs-sigmoid_strict")
     tape = compose(ROOT, ["trainer=gradient_tape", "model.head=softmax"])
     assert (tape.variant, tape.stage) == ("mnist-softmax-gradient_tape", "train_tape@mnist-softmax")
+    mixed = compose(ROOT, ["model.head=softmax", "precision=mixed_float16"])
+    assert mixed.variant == "mnist-softmax-mixed_float16"
     assert tape.trainer.shuffle_buffer == 1024
 
 

@@ -54,6 +54,15 @@ class Activation(StrEnum):
     linear = "linear"
 
 
+class Precision(StrEnum):
+    """Keras dtype policies: what the layers compute in (variables stay float32 in the mixed ones)."""
+
+    float32 = "float32"
+    float64 = "float64"
+    mixed_float16 = "mixed_float16"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
 class ReportRuns(StrEnum):
     pipeline = "pipeline"       # the variants the DVC pipeline trained, read from its files
     experiment = "experiment"   # every finished run of the MLflow experiment (sweeps included)
@@ -213,6 +222,7 @@ class Config:
     tracking: TrackingConf = field(default_factory=TrackingConf)
     dataset: str = "mnist"
     task: Task = Task.multiclass
+    precision: Precision = Precision.float32
     seed: int = 0
     pipeline: PipelineConf = field(default_factory=PipelineConf)
     paths: PathsConf = field(default_factory=PathsConf)
@@ -234,10 +244,11 @@ class Config:
 
     @property
     def variant(self) -> str:
-        """dataset x task x head x trainer: mnist-logit, blobs-binary-sigmoid_strict, mnist-logit-gradient_tape
-        (the default task and trainer go unnamed)."""
+        """dataset x task x head x trainer x precision: mnist-logit, blobs-binary-sigmoid_strict,
+        mnist-logit-gradient_tape, mnist-softmax-mixed_float16 (the defaults go unnamed)."""
         parts = [self.dataset, None if self.task == Task.multiclass else str(self.task), self.model.head,
-                 None if self.trainer.name == TrainerName.fit else str(self.trainer.name)]
+                 None if self.trainer.name == TrainerName.fit else str(self.trainer.name),
+                 None if self.precision == Precision.float32 else str(self.precision)]
         return "-".join(p for p in parts if p)
 
     @property

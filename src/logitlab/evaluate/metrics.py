@@ -28,8 +28,13 @@ class Evaluation:
     grid: dict[str, np.ndarray]      # two-feature datasets: the predicted class over the plane
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What outputs.npz holds (the report draws from it, without TensorFlow)."""
-        return {"outputs": self.outputs, "probabilities": self.probabilities, "labels": self.labels, **self.grid}
+        """What outputs.npz holds (the report draws from it, without TensorFlow); bfloat16, which NumPy
+        reads back only with ml_dtypes, as float32 (every bfloat16 value is one)."""
+        def portable(a: np.ndarray) -> np.ndarray:
+            return a if a.dtype.kind in "fiub" else a.astype(np.float32)
+
+        return {"outputs": portable(self.outputs), "probabilities": portable(self.probabilities),
+                "labels": self.labels, **self.grid}
 
 
 def decision_grid(model: keras.Model, x: np.ndarray, task: str, head: str, batch: int) -> dict[str, np.ndarray]:

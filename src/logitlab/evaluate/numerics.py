@@ -1,7 +1,11 @@
-"""When is the logit head "more numerically accurate"? The test loss computed three ways in float32
-(from probabilities with Keras's clipping, from logits, and the way training computed it), each
-against a float64 reference from the same logits; saturation of the probabilities; and the
-gradient the last layer gets where the probability path clips.
+"""When is the logit head "more numerically accurate"? The test loss computed three ways (from
+probabilities with Keras's clipping, from logits, and the way training computed it), each against a
+float64 reference from the same logits; saturation of the probabilities; and the gradient the last
+layer gets where the probability path clips.
+
+All of it in the precision the model ran in (`precision`, a Keras dtype policy): the logits and
+probabilities are the model's own, in its compute dtype (float16, bfloat16, float32 or float64), and
+every loss is Keras's cross-entropy, which first casts them to its own float32 (`Loss.__call__`).
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def probabilities(outputs: np.ndarray, task: str, head: str) -> np.ndarray:
-    """What the model says the probabilities are: its outputs, or softmax/sigmoid of a logit head's."""
+    """What the model says the probabilities are: its outputs, or softmax/sigmoid of a logit head's,
+    in the outputs' dtype (computed in float32 at least: NumPy has no bfloat16 exp of its own)."""
     if not head_spec(task, head).from_logits:
         return outputs
-    return sigmoid(outputs) if task == "binary" else softmax(outputs)
+    z = np.asarray(outputs)
+    wide = z.astype(np.promote_types(np.float32, z.dtype) if z.dtype.kind == "f" else np.float32)
+    return (sigmoid(wide) if task == "binary" else softmax(wide)).astype(z.dtype, copy=False)
 
 
 def class_probabilities(probs: np.ndarray, task: str) -> np.ndarray:
@@ -53,7 +60,7 @@ def predicted_class(probs: np.ndarray, task: str) -> np.ndarray:
 
 
 def reference_loss(z: np.ndarray, y: np.ndarray, task: str, head: str) -> np.ndarray:
-    """Per-example cross-entropy of the model's own probabilities, in float64 from float32 logits `z`."""
+    """Per-example cross-entropy of the model's own probabilities, in float64 from its logits `z` (in its dtype)."""
     z64 = np.asarray(z, dtype=np.float64)
     if task == "binary":
         t = y.reshape(-1).astype(np.float64)
@@ -67,9 +74,11 @@ def reference_loss(z: np.ndarray, y: np.ndarray, task: str, head: str) -> np.nda
 
 
 def _keras_loss(y: np.ndarray, values: np.ndarray, task: str, from_logits: bool) -> np.ndarray:
-    """Keras's per-example cross-entropy on plain arrays, which carry no attached logits."""
+    """Keras's per-example cross-entropy on plain arrays, which carry no attached logits, cast first to
+    the loss's float32 as a Keras Loss casts the model's output."""
     import keras
 
+    values = np.asarray(values).astype(np.float32)
     if task == "binary":
         out = keras.losses.binary_crossentropy(y.reshape(-1, 1).astype(np.float32), values, from_logits=from_logits)
     else:
@@ -90,10 +99,16 @@ def clipped_true_class(probs: np.ndarray, labels: np.ndarray, task: str) -> np.n
 
 def training_path(model: Any, x: np.ndarray, task: str, head: str) -> str:
     """Which path the training loss takes, by the mechanism Keras itself checks: a loss told
-    `from_logits`, or an output tensor carrying the logits Keras attached to it (`_keras_logits`)."""
-    if head_spec(task, head).from_logits or hasattr(model(x, training=False), "_keras_logits"):
+    `from_logits`, or an output tensor still carrying the logits Keras attached to it
+    (`_keras_logits`) once the loss has converted it to its own dtype, as `Loss.__call__` does. A
+    float16, bfloat16 or float64 output is cast to the loss's float32, and the cast carries no
+    logits: the softmax head then trains on clipped probabilities, as softmax_strict does."""
+    import keras
+
+    if head_spec(task, head).from_logits:
         return "logits"
-    return "probabilities"
+    out = keras.ops.convert_to_tensor(model(x, training=False), dtype=model.loss.dtype)
+    return "logits" if hasattr(out, "_keras_logits") else "probabilities"
 
 
 def training_path_loss(model: Any, x: np.ndarray, y: np.ndarray, task: str, batch: int) -> np.ndarray:
@@ -108,20 +123,22 @@ def training_path_loss(model: Any, x: np.ndarray, y: np.ndarray, task: str, batc
 def last_layer_gradient_norms(
     h: np.ndarray, kernel: np.ndarray, bias: np.ndarray, y: np.ndarray, task: str, head: str
 ) -> dict[str, float]:
-    """Norm of d(mean loss)/d(kernel, bias) of the head, from probabilities and from logits."""
+    """Norm of d(mean loss)/d(kernel, bias) of the head, from probabilities and from logits: the head
+    computed in the dtype of its inputs `h` (the model's compute dtype), the loss in float32."""
     import keras
     import tensorflow as tf
 
     activation = head_spec(task, head).activation or ("sigmoid" if task == "binary" else "softmax")
     # tf.nn, not keras.activations: no logits get attached, so the probability path stays one.
     squash = tf.nn.sigmoid if activation == "sigmoid" else tf.nn.softmax
+    inputs = tf.constant(h)
     w, b = tf.constant(kernel), tf.constant(bias)
     norms = {}
     for name, from_logits in (("probs", False), ("logits", True)):
         with tf.GradientTape() as tape:
             tape.watch([w, b])
-            z = tf.matmul(tf.constant(h), w) + b
-            values = z if from_logits else squash(z)
+            z = tf.matmul(inputs, tf.cast(w, inputs.dtype)) + tf.cast(b, inputs.dtype)
+            values = tf.cast(z if from_logits else squash(z), tf.float32)  # the loss's dtype
             if task == "binary":
                 per_example = keras.losses.binary_crossentropy(
                     tf.constant(y.reshape(-1, 1), tf.float32), values, from_logits=from_logits)
@@ -139,11 +156,11 @@ def numerics(
     """Metrics and tags that tell the heads apart numerically, on a test set (x, y).
 
     `outputs`, the model's predictions on x, when the caller has them already."""
-    from logitlab.model.build import forward, head_inputs, head_weights
+    from logitlab.model.build import forward, head_inputs, head_logits, head_weights
 
     h = head_inputs(model, x, batch)
     kernel, bias = head_weights(model)
-    z = (h @ kernel + bias).astype(np.float32)          # the head's logits, whatever its activation
+    z = head_logits(model, x, batch)    # the head's logits as the model computed them, in its dtype
     if outputs is None:
         outputs = forward(model, x, batch)
     probs = probabilities(outputs, task, head)
@@ -168,7 +185,8 @@ def numerics(
 
     p = class_probabilities(probs, task)
     n = p.size
-    for name, mask in (("exact0", p == 0), ("exact1", p == 1), ("clip_band", (p < EPSILON) | (p > 1 - EPSILON))):
+    low, high = np.float32(EPSILON), np.float32(1 - EPSILON)   # Keras's clip, in the loss's float32
+    for name, mask in (("exact0", p == 0), ("exact1", p == 1), ("clip_band", (p < low) | (p > high))):
         metrics[f"prob_{name}_count"] = float(mask.sum())
         metrics[f"prob_{name}_fraction"] = float(mask.sum() / n)
     metrics["probs_sum_max_error"] = float(np.abs(p.astype(np.float64).sum(axis=1) - 1).max())

@@ -32,17 +32,22 @@ def n_outputs(task: str, n_classes: int) -> int:
 
 def build_model(
     n_features: int, n_classes: int, layers: Sequence[int], head: str,
-    activation: str = "relu", task: str = "multiclass",
+    activation: str = "relu", task: str = "multiclass", precision: str = "float32",
 ) -> keras.Model:
-    """Dense hidden layers, then the Dense head (named "head"), then DetachLogits for strict heads."""
+    """Dense hidden layers, then the Dense head (named "head"), then DetachLogits for strict heads;
+    every layer under the Keras dtype policy `precision` (given to each layer, so no global policy
+    leaks from one job of a sweep to the next; a mixed policy keeps float32 variables). The output
+    is in the policy's compute dtype, as the reference notebooks' models would be under it: the
+    cross-entropy casts it to its own float32, and that cast carries no attached logits."""
     spec = head_spec(task, head)
     stack = [
         keras.Input(shape=(n_features,)),
-        *(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}") for i, units in enumerate(layers)),
-        keras.layers.Dense(n_outputs(task, n_classes), activation=spec.activation, name=HEAD_LAYER),
+        *(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}", dtype=precision)
+          for i, units in enumerate(layers)),
+        keras.layers.Dense(n_outputs(task, n_classes), activation=spec.activation, name=HEAD_LAYER, dtype=precision),
     ]
     if spec.detached:
-        stack.append(DetachLogits(name="detach_logits"))
+        stack.append(DetachLogits(name="detach_logits", dtype=precision))
     return keras.Sequential(stack, name=f"mlp_{task}_{head}")
 
 
@@ -62,10 +67,17 @@ def accuracy_for(head: str, task: str = "multiclass") -> keras.metrics.Metric:
 
 
 def compile_model(
-    model: keras.Model, head: str, lr: float, steps_per_execution: int = 1, task: str = "multiclass"
+    model: keras.Model, head: str, lr: float, steps_per_execution: int = 1, task: str = "multiclass",
+    precision: str = "float32",
 ) -> keras.Model:
+    """Adam, the head's cross-entropy and accuracy; under mixed_float16 Adam scales the loss
+    (LossScaleOptimizer, as Keras does for a model under a global mixed_float16 policy), so small
+    float16 gradients do not flush to zero."""
+    optimizer = keras.optimizers.Adam(learning_rate=lr)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        optimizer=optimizer,
         loss=loss_for(head, task),
         metrics=[accuracy_for(head, task)],
         steps_per_execution=steps_per_execution,
@@ -78,6 +90,18 @@ def forward(model: keras.Model, x: np.ndarray, batch: int) -> np.ndarray:
     directly (predict builds a tf.data pipeline and traces a graph function each time it is called)."""
     return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]
                           or [np.zeros((0, *model.output.shape[1:]), np.float32)])
+
+
+def head_logits(model: keras.Model, x: np.ndarray, batch: int) -> np.ndarray:
+    """The head's logits as the model computed them, in its compute dtype: a linear head's outputs,
+    or the pre-activation Keras attaches to a softmax or sigmoid output (`_keras_logits`; taken
+    before a strict head's DetachLogits)."""
+    head = keras.Model(model.inputs[0], model.get_layer(HEAD_LAYER).output)
+    parts = []
+    for i in range(0, len(x), batch):
+        out = head(x[i:i + batch], training=False)
+        parts.append(np.asarray(getattr(out, "_keras_logits", out)))
+    return np.concatenate(parts) if parts else np.zeros((0, *head.output.shape[1:]), np.float32)
 
 
 def head_inputs(model: keras.Model, x: np.ndarray, batch: int) -> np.ndarray:

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 # What identifies a variant (seed aside), as MLflow columns, and its name in the table.
 VARIANT = {"tags.dataset": "dataset", "tags.task": "task", "tags.head": "head", "tags.trainer": "trainer",
-           "params.model.layers": "layers", "params.trainer.epochs": "epochs", "params.optimizer.lr": "lr"}
+           "params.model.layers": "layers", "params.trainer.epochs": "epochs", "params.optimizer.lr": "lr",
+           "params.precision": "precision"}
 METRICS = ["test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max",
            "test_loss_f64", "loss_err_probs_max", "loss_err_logits_max", "loss_err_train_max",
            "prob_clip_band_fraction", "clip_ceiling_fraction", "clip_grad_norm_probs", "clip_grad_norm_logits",
@@ -78,11 +79,13 @@ def _complete(runs: pd.DataFrame) -> pd.DataFrame:
             runs[column] = np.nan
     runs["tags.trainer"] = runs["tags.trainer"].fillna("fit")
     runs["tags.task"] = runs["tags.task"].fillna("multiclass")
+    runs["params.precision"] = runs["params.precision"].fillna("float32")  # runs from before the key existed
     return runs
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: its identity, seeds, and each metric's mean and std over seeds."""
+    runs = _complete(runs.copy())  # runs logged before a key existed have it at its default
     renamed = runs.rename(columns={**VARIANT, "params.seed": "seed", "tags.numerics.train_loss_path": "train_loss_path",
                                    **{f"metrics.{m}": m for m in METRICS}})
     keys = list(VARIANT.values())
@@ -104,7 +107,7 @@ def _cell(mean: float, std: float) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    shown = table[["dataset", "task", "head", "trainer", "seeds", "train_loss_path"]].copy()
+    shown = table[["dataset", "task", "head", "trainer", "precision", "seeds", "train_loss_path"]].copy()
     for m in METRICS:
         shown[m] = [_cell(a, b) for a, b in zip(table[m], table[f"{m}_std"])]
     return shown.to_markdown(index=False)

@@ -101,6 +101,8 @@ def prepare(cfg: Config, data: Mapping[str, np.ndarray]) -> tuple[keras.Model, n
     _clear_session()
     keras.utils.set_random_seed(cfg.seed)
     head = cfg.model.head
-    model = build_model(x.shape[1], cfg.ds.num_classes, cfg.model.layers, head, cfg.model.activation, cfg.task)
-    compile_model(model, head, cfg.optimizer.lr, cfg.trainer.steps_per_execution, cfg.task)
+    precision = str(cfg.precision)
+    model = build_model(x.shape[1], cfg.ds.num_classes, cfg.model.layers, head, cfg.model.activation, cfg.task,
+                        precision)
+    compile_model(model, head, cfg.optimizer.lr, cfg.trainer.steps_per_execution, cfg.task, precision)
     return model, x, y

@@ -81,7 +81,7 @@ def history_tsv(history: list[dict[str, float]]) -> str:
 def identity(cfg: Config) -> dict[str, str]:
     """The tags that say which variant a run is."""
     return {"dataset": cfg.dataset, "task": str(cfg.task), "head": cfg.model.head, "trainer": str(cfg.trainer.name),
-            "logitlab.variant": cfg.variant}
+            "precision": str(cfg.precision), "logitlab.variant": cfg.variant}
 
 
 def train(cfg: Config, root: Path, job: Job) -> float:
