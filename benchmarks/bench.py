@@ -147,16 +147,21 @@ def matmul_peak(n: int = 2048) -> float:
     return _best_rate(lambda: tf.linalg.matmul(a, b), 2.0 * n ** 3)
 
 
-def roofline(widths: tuple[int, ...] = (784, 784, 256, 10), batch: int = 64) -> tuple[Callable[[int], Any], int]:
-    """The matmuls of a training step of the Dense stack `widths` at `batch` (forward, kernel gradients,
+def roofline(model, batch: int) -> tuple[Callable[[int], Any], int]:
+    """The matmuls of a training step of `model`'s Dense layers at `batch` (forward, kernel gradients,
     input gradients but the first layer's: as TensorFlow runs them) and nothing else: `run(steps)`
-    does `steps` of them in a tf.range loop of one graph call, each step doing `flops`. Each step
-    feeds a scalar of its results into the next step's input (a loop-invariant product could be
-    hoisted out of the loop, an unused one pruned). Its rate is the attainable peak of those shapes."""
+    does `steps` of them in a tf.range loop of one graph call, each step doing `flops` (the count
+    the trainer rows use, `training_flops`). Each step feeds a scalar of its results into the next
+    step's input (a loop-invariant product could be hoisted out of the loop, an unused one pruned).
+    Its rate is the attainable peak of those shapes."""
+    import keras
     import tensorflow as tf
 
-    kernels = [tf.random.normal((a, b), stddev=a ** -0.5) for a, b in zip(widths, widths[1:])]
-    x0 = tf.random.normal((batch, widths[0]))
+    from logitlab.train.fast_fit import training_flops
+
+    shapes = [tuple(layer.kernel.shape) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    kernels = [tf.random.normal((a, b), stddev=a ** -0.5) for a, b in shapes]
+    x0 = tf.random.normal((batch, shapes[0][0]))
 
     @tf.function
     def run(steps: tf.Tensor) -> tf.Tensor:
@@ -174,13 +179,14 @@ def roofline(widths: tuple[int, ...] = (784, 784, 256, 10), batch: int = 64) -> 
             x = x0 + 1e-30 * tf.tanh(total)
         return x
 
-    forward = sum(2 * a * b for a, b in zip(widths, widths[1:]))
-    flops = (2 * forward + (forward - 2 * widths[0] * widths[1])) * batch
-    return (lambda steps: run(tf.constant(steps))), flops
+    return (lambda steps: run(tf.constant(steps))), training_flops(model) * batch
 
 
 def model_shapes_peak() -> float:
-    run, flops = roofline()
+    """The roofline of the 784-256 model at batch 64, before the trials (they time it again beside the trainers)."""
+    from logitlab.model.build import build_model
+
+    run, flops = roofline(build_model(784, 10, BIG_MODEL, "logit"), 64)
     return _best_rate(lambda: run(100), 100.0 * flops)
 
 
@@ -308,7 +314,7 @@ def training(peaks: dict[str, float], trials: int) -> list[dict[str, Any]]:
         model = prepared(cfg)[0]
         flops = epoch_flops(model, len(processed(dataset)["y_train"]), cfg.trainer.validation_split)
         if layers == BIG_MODEL:  # the roofline, timed beside the trainers: an epoch's FLOPs in matmuls alone
-            run, step_flops = roofline((model.input_shape[-1], *layers, model.output_shape[-1]), batch)
+            run, step_flops = roofline(model, batch)
             contenders["roofline"] = lambda: _seconds_of(lambda: run(round(flops / step_flops)))
         log(f"training: {name}: {', '.join(contenders)} (Keras tuned: jit_compile={jit}); "
             f"{trials} rounds of {epochs} epochs after a warm-up ...")
@@ -563,20 +569,16 @@ def import_seconds() -> float:
 # --------------------------------------------------------------------------- the table
 
 
-def _seconds(median: float | None, low: float | None, high: float | None) -> str:
+def _seconds(r: dict[str, Any], side: str, unit: str = "") -> str:
+    """A side of a row (`logitlab` or `baseline`): its median, and [min-max] when they differ."""
+    median, low, high = r[f"{side}_s"], r[f"{side}_min_s"], r[f"{side}_max_s"]
     if median is None:
         return ""
-    return f"{median:.3f}" if low == high else f"{median:.3f} [{low:.3f}-{high:.3f}]"
+    return f"{median:.3f}{unit}" if low == high else f"{median:.3f}{unit} [{low:.3f}-{high:.3f}]"
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The README's table: every row of a results file, each figure as results.json has it."""
-    def seconds(r: dict[str, Any], side: str) -> str:
-        median, low, high = r[f"{side}_s"], r[f"{side}_min_s"], r[f"{side}_max_s"]
-        if median is None:
-            return ""
-        return f"{median:.3f} s" if low == high else f"{median:.3f} s [{low:.3f}-{high:.3f}]"
-
     def target(r: dict[str, Any]) -> str:
         if "target" not in r:
             return ""
@@ -588,10 +590,10 @@ def markdown(results: dict[str, Any]) -> str:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         if "overhead_fraction" in r:
             ratio = f"{r['overhead_fraction']:+.1%}"
-        elif "wall_over_training" in r:  # one process against its own jobs: no contest, no verdict
-            ratio, r = f"{r['wall_over_training']:.2f}x the training", {**r, "verdict": None}
+        elif "wall_over_training" in r:
+            ratio = f"{r['wall_over_training']:.2f}x the training"
         peak = "" if r.get("peak_fraction") is None or r["peak_fraction"] < 0.01 else f"{r['peak_fraction']:.0%}"
-        lines.append(f"| {r['name']} | {seconds(r, 'logitlab')} | {seconds(r, 'baseline')} | {ratio} | "
+        lines.append(f"| {r['name']} | {_seconds(r, 'logitlab', ' s')} | {_seconds(r, 'baseline', ' s')} | {ratio} | "
                      f"{r.get('verdict') or ''} | {peak} | {target(r)} |")
     return "\n".join(lines)
 
@@ -599,8 +601,7 @@ def markdown(results: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     from tabulate import tabulate
 
-    body = [[r["name"], _seconds(r["logitlab_s"], r["logitlab_min_s"], r["logitlab_max_s"]),
-             _seconds(r["baseline_s"], r["baseline_min_s"], r["baseline_max_s"]),
+    body = [[r["name"], _seconds(r, "logitlab"), _seconds(r, "baseline"),
              "" if r["ratio"] is None else f"{r['ratio']:.2f}", r["verdict"] or "",
              "" if r.get("peak_fraction") is None else f"{r['peak_fraction']:.1%}",
              {True: "yes", False: "NO", None: ""}[r.get("met")]] for r in rows]
