@@ -168,6 +168,50 @@ def test_binary_strict_head_takes_the_probability_path():
     assert metrics["prob_exact1_count"] > 0 and EPSILON == 1e-7
 
 
+def test_a_binary_head_counts_each_probability_once_and_never_as_one_minus_p():
+    """p < 3e-8 for every example: in the clip band once each, and never exactly 1.0 (1 - p in
+    float32 is, and used to be counted)."""
+    model, x, y = _saturated("sigmoid", task="binary")
+    kernel, bias = head_weights(model)
+    model.get_layer("head").set_weights([np.full_like(kernel, -10.0), bias])  # z = -10 * (x0 + x1) < -20
+    metrics, _ = numerics(model, x, y, "binary", "sigmoid", 8)
+    probs = np.asarray(model(x))
+    assert (probs > 0).all() and (probs < 3e-8).all() and (np.float32(1) - probs == 1).all()
+    assert metrics["prob_exact1_count"] == 0 and metrics["prob_exact0_count"] == 0
+    assert metrics["prob_clip_band_count"] == len(x) and metrics["prob_clip_band_fraction"] == 1.0
+    assert "probs_sum_max_error" not in metrics and "argmax_tie_count" not in metrics
+
+
+def test_a_binary_logit_heads_rest_probability_is_sigmoid_of_minus_z():
+    from logitlab.evaluate.numerics import class_probabilities
+
+    z = np.array([[20.0], [-3.0]], dtype=np.float32)
+    rest, positive = class_probabilities(z, "binary", "logit").T
+    assert positive[0] == 1.0 and rest[0] == pytest.approx(np.exp(-20.0), rel=1e-6)  # 1 - p would be 0
+    assert rest[1] + positive[1] == pytest.approx(1.0)
+    p = np.array([[3e-9]], dtype=np.float32)
+    assert class_probabilities(p, "binary", "sigmoid")[0, 0] < 1.0  # float32's 1 - p is exactly 1
+
+
+def test_saturated_sigmoid_outputs_tie_at_one_where_the_logits_do_not():
+    """The multi-class sigmoid head puts two classes at exactly 1.0: argmax takes the first, the
+    logit head's softmax of the same logits still knows which is larger."""
+    from logitlab.evaluate.numerics import argmax_ties
+
+    outcome = {}
+    for head in ("sigmoid", "logit"):
+        model, x, y = _saturated(head)
+        kernel, bias = head_weights(model)
+        kernel[:, 1] = 45.0  # class 1's logit beats class 0's by 5 * (x0 + x1) > 10
+        model.get_layer("head").set_weights([kernel, bias])
+        metrics, _ = numerics(model, x, y, "multiclass", head, 8)
+        outcome[head] = metrics["argmax_tie_fraction"]
+        probs = np.asarray(model(x)) if head == "sigmoid" else softmax(np.asarray(model(x)))
+        assert argmax_ties(probs).all() == (head == "sigmoid")
+        assert (probs.argmax(axis=1) == (0 if head == "sigmoid" else 1)).all()
+    assert outcome == {"sigmoid": 1.0, "logit": 0.0}
+
+
 def test_the_strict_heads_training_loss_sits_at_the_clip_ceiling():
     """On examples the model gets wrong by a mile, the strict head's own loss is stuck at
     -log(1e-7), while the rescued softmax head's loss is the true one, from its logits."""

@@ -1,4 +1,5 @@
-"""The comparison table: one row per variant, seeds aggregated as mean ± std."""
+"""The comparison table and the pictures: one row (one line, one panel) per variant and config,
+seeds aggregated as mean, std and a 95% confidence interval."""
 
 import numpy as np
 import pandas as pd
@@ -6,31 +7,119 @@ import pytest
 
 from logitlab.errors import UserError
 from helpers import ROOT
-from logitlab.report.table import METRICS, VARIANT, pipeline_runs, pipeline_variants, summarize, to_markdown
+from logitlab.report.plots import draw_lines, identical, plot_curves, point_colours
+from logitlab.report.table import (
+    METRICS,
+    VARIANT,
+    config_labels,
+    one_per_group,
+    pipeline_runs,
+    pipeline_variants,
+    summarize,
+    to_markdown,
+)
 from logitlab.schema import compose
 
 
-def fake_runs():
+def fake_runs(*extra):
+    """(head, seed, accuracy, lr) rows of one dataset: logit at two seeds, softmax_strict at one."""
     rows = []
-    for head, seed, acc in (("logit", "0", 0.90), ("logit", "1", 0.94), ("softmax_strict", "0", 0.80)):
-        row = {"run_id": f"{head}{seed}", "params.seed": seed, "tags.numerics.train_loss_path": "logits",
+    for head, seed, acc, lr in (("logit", "0", 0.90, "0.001"), ("logit", "1", 0.94, "0.001"),
+                                ("softmax_strict", "0", 0.80, "0.001"), *extra):
+        row = {"run_id": f"{head}{seed}{lr}", "params.seed": seed, "tags.numerics.train_loss_path": "logits",
                "tags.dataset": "blobs", "tags.task": "multiclass", "tags.head": head, "tags.trainer": "fit",
-               "params.model.layers": "[25, 15]", "params.trainer.epochs": "10", "params.optimizer.lr": "0.001"}
+               "params.model.layers": "[25, 15]", "params.trainer.epochs": "10", "params.optimizer.lr": lr,
+               "params.paths.models": f"/tmp/{seed}"}  # bookkeeping: differs, sets nothing apart
         row.update({f"metrics.{m}": np.nan for m in METRICS})
         row["metrics.test_accuracy"] = acc
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def test_seeds_aggregate_as_mean_and_std():
+def test_seeds_aggregate_as_mean_std_and_a_95_percent_interval():
     table = summarize(fake_runs())
     assert list(table["head"]) == ["logit", "softmax_strict"]
     logit = table.iloc[0]
-    assert logit["seeds"] == "0 1" and logit["runs"] == 2
+    assert logit["seeds"] == "0 1" and logit["runs"] == 2 and logit["config"] == ""
     assert logit["test_accuracy"] == pytest.approx(0.92)
-    assert logit["test_accuracy_std"] == pytest.approx(np.std([0.90, 0.94], ddof=1))
-    assert np.isnan(table.iloc[1]["test_accuracy_std"])
+    std = np.std([0.90, 0.94], ddof=1)
+    assert logit["test_accuracy_std"] == pytest.approx(std)
+    assert logit["test_accuracy_ci95"] == pytest.approx(12.7062 * std / np.sqrt(2), rel=1e-4)  # t(0.975, 1 dof)
+    assert np.isnan(table.iloc[1]["test_accuracy_std"]) and np.isnan(table.iloc[1]["test_accuracy_ci95"])
     assert set(VARIANT.values()) <= set(table.columns)
+
+
+def test_runs_that_differ_in_any_config_value_stay_apart_in_the_table():
+    """A sweep's second learning rate is a row of its own, named by what differs; runs of another
+    dataset, where every run agrees, get no label."""
+    mnist = fake_runs().assign(**{"tags.dataset": "mnist", "run_id": lambda f: "m" + f["run_id"]})
+    runs = pd.concat([fake_runs(("logit", "0", 0.30, "0.2")), mnist], ignore_index=True)
+    labels = config_labels(runs)
+    assert list(labels[:4]) == ["optimizer.lr=0.001"] * 3 + ["optimizer.lr=0.2"]
+    assert set(labels[4:]) == {""}
+    table = summarize(runs).set_index(["dataset", "head", "config"])
+    assert table.loc[("blobs", "logit", "optimizer.lr=0.001"), "test_accuracy"] == pytest.approx(0.92)
+    assert table.loc[("blobs", "logit", "optimizer.lr=0.2"), "test_accuracy"] == 0.30
+    assert table.loc[("mnist", "logit", ""), "runs"] == 2 and len(table) == 5
+    assert "optimizer.lr=0.2" in to_markdown(summarize(runs))
+
+
+def test_pictures_show_one_run_per_config_with_its_label_and_seed_count():
+    runs = fake_runs(("logit", "0", 0.30, "0.2"))
+    shown = one_per_group(runs.iloc[::-1])  # the lowest seed stands for its group, whatever the order
+    assert sorted(shown["label"]) == ["logit optimizer.lr=0.001 (seed 0 of 2)", "logit optimizer.lr=0.2",
+                                      "softmax_strict optimizer.lr=0.001"]
+    assert set(shown["run_id"]) == {"logit00.001", "logit00.2", "softmax_strict00.001"}
+
+
+def test_identical_lines_stay_visible_and_say_so(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(1, 6)
+    lines = {"softmax": (x, 1 / x), "logit": (x, 1 / x), "softmax_strict": (x, 2 / x)}
+    assert identical({k: v[1] for k, v in lines.items()}) == [["softmax", "logit"]]
+    fig, ax = plt.subplots()
+    assert draw_lines(ax, lines) == [["softmax", "logit"]]
+    drawn = {line.get_label(): line for line in ax.lines}
+    assert set(drawn) == {"softmax (= logit)", "logit (= softmax)", "softmax_strict"}
+    first, second = drawn["softmax (= logit)"], drawn["logit (= softmax)"]
+    assert (first.get_linestyle(), first.get_marker()) != (second.get_linestyle(), second.get_marker())
+    assert second.get_marker() not in (None, "None", "")  # a dashed line with markers over a solid one
+    plt.close(fig)
+
+
+def test_the_curves_picture_names_the_identical_curves(tmp_path):
+    from PIL import Image
+
+    runs = fake_runs()
+    epochs = pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.9, 0.5, 0.3], "val_loss": [1.0, 0.6, 0.4]})
+    history = {"logit": epochs, "softmax_strict": epochs.assign(loss=[0.8, 0.6, 0.5])}
+    seen = []
+
+    def read(run):
+        seen.append(run["label"])
+        return history[run["tags.head"]]
+
+    [png] = plot_curves(runs, read, tmp_path)
+    assert png.name == "curves_blobs_multiclass.png" and Image.open(png).size[0] > 500
+    assert sorted(seen) == ["logit (seed 0 of 2)", "softmax_strict"]
+
+
+def test_binary_pictures_colour_the_configured_positive_class():
+    y = np.array([0, 2, 1, 2])
+    colours = point_colours(y, 2)
+    assert colours[1] == colours[3] != colours[0] == colours[2]
+    assert colours[1] == matplotlib_tab10(2)
+
+
+def matplotlib_tab10(k):
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    return to_hex(colormaps["tab10"](k))
 
 
 def test_precisions_stay_apart_and_runs_without_one_are_float32():
@@ -43,9 +132,9 @@ def test_precisions_stay_apart_and_runs_without_one_are_float32():
     assert "mixed_float16" in to_markdown(table)
 
 
-def test_markdown_shows_mean_plus_minus_std():
+def test_markdown_shows_mean_plus_minus_the_interval():
     markdown = to_markdown(summarize(fake_runs()))
-    assert "0.92 ± 0.028" in markdown
+    assert "0.92 ± 0.25" in markdown  # 12.706 * 0.028 / sqrt(2)
     assert "| 0.8 " in markdown.replace("  ", " ")
     assert markdown.splitlines()[0].startswith("| dataset")
 

@@ -99,3 +99,18 @@ def read_json(path: Path, *, remake: str) -> Any:
         return json.loads(path.read_text())
     except DAMAGED as exc:
         raise damaged(path, exc, remake) from None
+
+
+def read_tsv(path: Path, columns: tuple[str, ...], *, remake: str) -> Any:
+    """A tab-separated table this pipeline wrote, as a DataFrame with at least `columns`."""
+    import pandas as pd
+
+    require(path, remake)
+    try:
+        table = pd.read_csv(path, sep="\t")
+        missing = [c for c in columns if c not in table]
+        if missing:
+            raise ValueError(f"no column {missing[0]!r}")
+        return table
+    except (*DAMAGED, pd.errors.ParserError) as exc:
+        raise damaged(path, exc, remake) from None

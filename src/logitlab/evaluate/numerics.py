@@ -50,9 +50,24 @@ def probabilities(outputs: np.ndarray, task: str, head: str) -> np.ndarray:
     return (sigmoid(wide) if task == "binary" else softmax(wide)).astype(z.dtype, copy=False)
 
 
-def class_probabilities(probs: np.ndarray, task: str) -> np.ndarray:
-    """One column per class: a binary head's p becomes [1 - p, p]."""
-    return np.concatenate([1 - probs, probs], axis=1) if task == "binary" else probs
+def class_probabilities(outputs: np.ndarray, task: str, head: str) -> np.ndarray:
+    """One column per class, from the head's raw outputs. A binary head's p becomes [P(rest), p]
+    without `1 - p` in float32, which turns every p < 3e-8 into exactly 1.0: a logit head's P(rest)
+    is sigmoid(-z), a sigmoid head's 1 - p is taken in float64."""
+    if task != "binary":
+        return probabilities(outputs, task, head)
+    if head_spec(task, head).from_logits:
+        z = np.asarray(outputs)
+        return np.concatenate([probabilities(-z, task, head), probabilities(z, task, head)], axis=1)
+    p = np.asarray(outputs, dtype=np.float64)
+    return np.concatenate([1 - p, p], axis=1)
+
+
+def argmax_ties(probs: np.ndarray) -> np.ndarray:
+    """Examples whose largest probability is shared by two or more classes. The multi-class sigmoid
+    head saturates several classes at exactly 1.0: argmax (and Keras's accuracy) then takes the first
+    of them, right or not, while the loss, from the logits, still tells them apart."""
+    return (probs == probs.max(axis=1, keepdims=True)).sum(axis=1) > 1
 
 
 def predicted_class(probs: np.ndarray, task: str) -> np.ndarray:
@@ -183,13 +198,18 @@ def numerics(
         metrics[f"loss_err_{name}_max"] = float(error.max())
     tags["numerics.train_loss_path"] = training_path(model, x[:1], task, head)
 
-    p = class_probabilities(probs, task)
-    n = p.size
+    # Every probability the head put out, each counted once: a binary head's one p per example (its
+    # complement is no output of the model), a multi-class head's one per class.
+    p = probs.reshape(-1) if task == "binary" else probs
     low, high = np.float32(EPSILON), np.float32(1 - EPSILON)   # Keras's clip, in the loss's float32
     for name, mask in (("exact0", p == 0), ("exact1", p == 1), ("clip_band", (p < low) | (p > high))):
         metrics[f"prob_{name}_count"] = float(mask.sum())
-        metrics[f"prob_{name}_fraction"] = float(mask.sum() / n)
-    metrics["probs_sum_max_error"] = float(np.abs(p.astype(np.float64).sum(axis=1) - 1).max())
+        metrics[f"prob_{name}_fraction"] = float(mask.sum() / p.size)
+    if task == "multiclass":
+        metrics["probs_sum_max_error"] = float(np.abs(p.astype(np.float64).sum(axis=1) - 1).max())
+        ties = argmax_ties(p)
+        metrics["argmax_tie_count"] = float(ties.sum())
+        metrics["argmax_tie_fraction"] = float(ties.mean())
 
     at_ceiling = clipped_true_class(probs, y.reshape(-1).astype(np.int64), task)
     metrics["clip_ceiling_count"] = float(at_ceiling.sum())

@@ -1,9 +1,11 @@
-"""The report's pictures, where a picture is the data: MNIST test digits with each head's prediction,
-and each blobs head's decision regions. (Per-epoch curves are data: `dvc plots` draws the history
-files, and the MLflow UI each run's metrics.)
+"""The report's pictures: MNIST test digits with each variant's prediction, each blobs variant's
+decision regions, and the loss curves of every variant side by side (`dvc plots` and the MLflow UI
+draw each run's own).
 
 Each function takes the runs (one row each, as report.table makes them) and `artifact(row, name)`,
-which gives the local path of a run's outputs.npz, wherever the run keeps it. Nothing here needs
+which gives the local path of a run's outputs.npz, wherever the run keeps it, or `history(row)`, its
+epochs. Every picture shows one run per variant and config (report.table.one_per_group), labelled by
+what sets it apart, so a sweep's learning rates or model sizes never share a name. Nothing here needs
 TensorFlow: the train stage wrote each model's predictions, over the plane too."""
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import numpy as np
 import pandas as pd
 
 from logitlab.files import OUTPUTS_FILE, atomic_path, load_arrays
+from logitlab.report.table import one_per_group
 
 Artifact = Callable[[pd.Series, str], Path]
+History = Callable[[pd.Series], pd.DataFrame]   # a run's epochs: `epoch` (from 1), `loss`, `val_loss`, ...
+# Each line's (linestyle, marker): lines that coincide still show one another.
+STYLES = [("-", None), ("--", "o"), (":", "s"), ("-.", "^"), ((0, (5, 1)), "x"), ((0, (1, 2)), "D")]
 
 
 def _figure(rows: int, cols: int, width: float = 4.0, height: float = 3.0):
@@ -45,14 +51,9 @@ def _outputs(row: pd.Series, artifact: Artifact, *extra: str) -> dict[str, np.nd
     return load_arrays(artifact(row, OUTPUTS_FILE), ("outputs", "probabilities", "labels", *extra), remake=_remake(row))
 
 
-def _one_per_head(group: pd.DataFrame) -> pd.DataFrame:
-    return group.drop_duplicates("tags.head")
-
-
 def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, images: np.ndarray, n: int) -> list[Path]:
     """The first `n` MNIST test digits with the true label and each head's prediction (red: wrong)."""
-    group = runs[(runs["tags.dataset"] == "mnist") & (runs["tags.task"] == "multiclass") & (runs["tags.trainer"] == "fit")]
-    group = _one_per_head(group)
+    group = one_per_group(runs[(runs["tags.dataset"] == "mnist") & (runs["tags.task"] == "multiclass")])
     if group.empty:
         return []
     plt, fig, axes = _figure(len(group), n, 1.3, 1.6)
@@ -64,29 +65,100 @@ def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, images: np.nd
             ax.set_axis_off()
             wrong = predicted[i] != arrays["labels"][i]
             ax.set_title(f"{arrays['labels'][i]}→{predicted[i]}", fontsize=8, color="red" if wrong else "black")
-        row[0].text(-0.3, 0.5, run["tags.head"], transform=row[0].transAxes, ha="right", va="center", fontsize=8)
+        row[0].text(-0.3, 0.5, run["label"], transform=row[0].transAxes, ha="right", va="center", fontsize=8)
     fig.suptitle("MNIST test digits: true → predicted")
     return [_save(plt, fig, out / "digits_mnist.png")]
 
 
 def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, x: np.ndarray, y: np.ndarray,
                           positive_class: int) -> list[Path]:
-    """Each blobs head's predicted class over the plane (its outputs.npz's grid), with the test points
-    (binary: the configured positive class against the rest)."""
+    """Each blobs variant's predicted class over the plane (its outputs.npz's grid), with the test
+    points. Class k is tab10's colour k in regions and points alike; binary: the configured positive
+    class in its own colour, the rest grey."""
     written = []
-    blobs = runs[(runs["tags.dataset"] == "blobs") & (runs["tags.trainer"] == "fit")]
+    blobs = runs[runs["tags.dataset"] == "blobs"]
     for task, group in blobs.groupby("tags.task"):
-        group = _one_per_head(group)
-        plt, fig, axes = _figure(1, len(group), 3.5, 3.2)
-        for ax, (_, run) in zip(axes[0], group.iterrows()):
+        group = one_per_group(group)
+        cols = min(len(group), 4)
+        plt, fig, axes = _figure(-(-len(group) // cols), cols, 3.5, 3.2)
+        for ax, (_, run) in zip(axes.flat, group.iterrows()):
             grid = _outputs(run, artifact, "grid_x0", "grid_x1", "grid_class")
             regions = grid["grid_class"]
-            ax.contourf(grid["grid_x0"], grid["grid_x1"], regions, alpha=0.3, levels=np.arange(regions.max() + 2) - 0.5,
-                        cmap="tab10", vmin=0, vmax=9)  # the points' colours: class k is tab10's colour k in both
-            labels = (y == positive_class).astype(int) if task == "binary" else y
-            ax.scatter(x[:, 0], x[:, 1], c=labels, s=6, cmap="tab10", vmin=0, vmax=9)
-            ax.set_title(run["tags.head"], fontsize=9)
+            if task == "binary":
+                ax.contourf(grid["grid_x0"], grid["grid_x1"], regions, levels=[-0.5, 0.5, 1.5],
+                            colors=binary_colours(positive_class), alpha=0.3)
+                ax.scatter(x[:, 0], x[:, 1], c=point_colours(y, positive_class), s=6)
+            else:
+                ax.contourf(grid["grid_x0"], grid["grid_x1"], regions, alpha=0.3,
+                            levels=np.arange(regions.max() + 2) - 0.5, cmap="tab10", vmin=0, vmax=9)
+                ax.scatter(x[:, 0], x[:, 1], c=y, s=6, cmap="tab10", vmin=0, vmax=9)
+            ax.set_title(run["label"], fontsize=8)
+        for ax in list(axes.flat)[len(group):]:
+            ax.set_axis_off()
         fig.suptitle(f"blobs {task}: decision regions" + (f" (class {positive_class} against the rest)"
                                                           if task == "binary" else ""))
         written.append(_save(plt, fig, out / f"decision_regions_blobs_{task}.png"))
+    return written
+
+
+def binary_colours(positive_class: int) -> list[str]:
+    """[the rest, the positive class]: grey, and the positive class's tab10 colour (as in the
+    multi-class picture)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    return ["#9e9e9e", to_hex(colormaps["tab10"](positive_class % 10))]
+
+
+def point_colours(y: np.ndarray, positive_class: int) -> list[str]:
+    """Each point's colour in a binary picture: its class is the positive one, or the rest."""
+    rest, positive = binary_colours(positive_class)
+    return [positive if label == positive_class else rest for label in np.asarray(y).reshape(-1)]
+
+
+def identical(series: dict[str, np.ndarray]) -> list[list[str]]:
+    """The labels whose values coincide exactly, in sets of two or more, in order."""
+    sets: dict[bytes, list[str]] = {}
+    for label, values in series.items():
+        values = np.asarray(values, dtype=np.float64)
+        sets.setdefault(values.shape.__repr__().encode() + values.tobytes(), []).append(label)
+    return [labels for labels in sets.values() if len(labels) > 1]
+
+
+def draw_lines(ax, lines: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[list[str]]:
+    """One line per label, each its own linestyle and marker, so that lines that coincide stay
+    visible; a line identical to others says so in the legend. Returns the identical sets."""
+    same = identical({label: np.concatenate([np.asarray(x, float), np.asarray(y, float)])
+                      for label, (x, y) in lines.items()})
+    twins = {label: [o for o in labels if o != label] for labels in same for label in labels}
+    for i, (label, (x, y)) in enumerate(lines.items()):
+        linestyle, marker = STYLES[i % len(STYLES)]
+        name = label + (f" (= {', '.join(twins[label])})" if label in twins else "")
+        ax.plot(x, y, linestyle=linestyle, marker=marker, markevery=max(1, len(x) // 8) if marker else None,
+                markersize=4, label=name, alpha=0.9)
+    ax.legend(fontsize=6)
+    return same
+
+
+def plot_curves(runs: pd.DataFrame, history: History, out: Path) -> list[Path]:
+    """Per dataset and task: the training and validation loss per epoch of every variant and config;
+    curves that coincide are drawn so that both show, and named in the figure."""
+    written = []
+    for (dataset, task), group in runs.groupby(["tags.dataset", "tags.task"], sort=True):
+        group = one_per_group(group)
+        epochs = {run["label"]: history(run) for _, run in group.iterrows()}
+        keys = [k for k in ("loss", "val_loss") if any(k in e for e in epochs.values())]
+        plt, fig, axes = _figure(1, len(keys), 5.0, 3.6)
+        notes = []
+        for ax, key in zip(axes[0], keys):
+            lines = {label: (e["epoch"].to_numpy(), e[key].to_numpy()) for label, e in epochs.items() if key in e}
+            notes += [f"{key}: " + " = ".join(labels) for labels in draw_lines(ax, lines)]
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(key)
+            ax.set_yscale("log")
+        title = f"{dataset} {task}: loss per epoch"
+        if notes:
+            title += "\nidentical curves: " + "; ".join(notes)
+        fig.suptitle(title, fontsize=9)
+        written.append(_save(plt, fig, out / f"curves_{dataset}_{task}.png"))
     return written

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from logitlab.data.preprocess import load_processed
-from logitlab.files import atomic_path, write_text
-from logitlab.report.plots import Artifact, plot_decision_regions, plot_digits
-from logitlab.report.table import experiment_runs, pipeline_runs, summarize, to_markdown
+from logitlab.files import atomic_path, read_tsv, write_text
+from logitlab.report.plots import Artifact, History, plot_curves, plot_decision_regions, plot_digits
+from logitlab.report.table import CAPTION, experiment_runs, pipeline_runs, summarize, to_markdown
 from logitlab.schema import Config, ReportRuns, under_root
 from logitlab.sweep import Job
 from logitlab.tracking.runs import open_store, tracked_run
@@ -29,6 +29,27 @@ KIND_TAG = "logitlab.kind"
 
 def _local(row: pd.Series, name: str) -> Path:
     return Path(row["artifacts"]) / name
+
+
+def _local_history(row: pd.Series) -> pd.DataFrame:
+    return read_tsv(Path(row["history"]), ("epoch", "loss"), remake=f"dvc repro -f {row['stage']}")
+
+
+def _mlflow_history() -> History:
+    """A run's epochs from its metric history (each epoch's `loss`, `val_loss`, ... at step epoch - 1)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+
+    def history(row: pd.Series) -> pd.DataFrame:
+        columns = {}
+        for key in ("loss", "val_loss"):
+            points = store_call(f"read {key} of run {row['run_id']}", client.get_metric_history, row["run_id"], key)
+            if points:
+                columns[key] = pd.Series({p.step + 1: p.value for p in sorted(points, key=lambda p: p.timestamp)})
+        return pd.DataFrame(columns).sort_index().rename_axis("epoch").reset_index()
+
+    return history
 
 
 def _from_mlflow(tmp: Path) -> Artifact:
@@ -63,6 +84,7 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
         artifact = _local if pipeline else _from_mlflow(tmp / "artifacts")
         drawn = tmp / "plots"  # drawn aside, so that a failure leaves the last report as it was
         drawn.mkdir()
+        plot_curves(runs, _local_history if pipeline else _mlflow_history(), drawn)
         if (runs["tags.dataset"] == "mnist").any():
             mnist = load_processed(cfg.path(root, "processed", "mnist"), "mnist")
             plot_digits(runs, artifact, drawn, mnist["x_test"], min(cfg.report.digits, len(mnist["x_test"])))
@@ -77,7 +99,7 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
 
     with atomic_path(out_dir / "summary.csv") as tmp_csv:
         table.to_csv(tmp_csv, index=False)
-    write_text(out_dir / "summary.md", to_markdown(table) + "\n")
+    write_text(out_dir / "summary.md", f"{CAPTION}\n\n{to_markdown(table)}\n")
     with tracked_run(cfg.tracking, root, found_by="report", run_name="report",
                      tags={KIND_TAG: "report", "report.runs": str(cfg.report.runs)}):
         store_call("log the report", mlflow.log_metric, "report_variants", len(table))

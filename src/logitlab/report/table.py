@@ -17,14 +17,20 @@ from logitlab.schema import Config, Task, TrainerName
 
 log = logging.getLogger(__name__)
 
-# What identifies a variant (seed aside), as MLflow columns, and its name in the table.
+# What names a variant, as MLflow columns, and its name in the table. Runs are kept apart further by
+# every other config value that differs between runs of one dataset and task (`config_labels`).
 VARIANT = {"tags.dataset": "dataset", "tags.task": "task", "tags.head": "head", "tags.trainer": "trainer",
-           "params.model.layers": "layers", "params.trainer.epochs": "epochs", "params.optimizer.lr": "lr",
            "params.precision": "precision"}
+# Config keys that cannot change a run's numbers (the seed is aggregated over), and the ones VARIANT names.
+NOT_CONFIG = ("params.seed", "params.paths.", "params.tracking.", "params.report.", "params.pipeline.",
+              "params.layout", "params.trainer.verbose", "params.evaluate.n_examples", "params.dataset.name",
+              "params.task", "params.model.head", "params.trainer.name", "params.precision")
+CONFIG = "config"  # the column of those values, `key=value ...`
 METRICS = ["test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max",
            "test_loss_f64", "loss_err_probs_max", "loss_err_logits_max", "loss_err_train_max",
            "prob_clip_band_fraction", "clip_ceiling_fraction", "clip_grad_norm_probs", "clip_grad_norm_logits",
-           "probs_sum_max_error"]
+           "probs_sum_max_error", "argmax_tie_fraction"]
+CONFIDENCE = 0.95
 
 
 def pipeline_variants(cfg: Config) -> list[Config]:
@@ -55,8 +61,9 @@ def pipeline_runs(cfg: Config, root: Path) -> pd.DataFrame:
         row.update({f"tags.{k}": v for k, v in info.get("tags", {}).items()})
         row.update({f"params.{k}": v for k, v in info.get("params", {}).items()})
         row.update({f"metrics.{k}": v for k, v in metrics.items()})
+        row["history"] = str(variant.path(root, "history") / f"{name}.tsv")
         rows.append(row)
-    return _complete(pd.DataFrame(rows))
+    return with_config(_complete(pd.DataFrame(rows)))
 
 
 def experiment_runs(experiment: str) -> pd.DataFrame:
@@ -68,9 +75,53 @@ def experiment_runs(experiment: str) -> pd.DataFrame:
                               output_format="pandas")
     if runs.empty or "tags.logitlab.variant" not in runs:
         raise UserError(f"no finished training runs in MLflow experiment {experiment!r}")
-    runs = _complete(runs[runs["tags.logitlab.variant"].notna()].copy())
-    runs = runs.sort_values("start_time").drop_duplicates([*VARIANT, "params.seed"], keep="last")
-    return runs.reset_index(drop=True)
+    runs = with_config(_complete(runs[runs["tags.logitlab.variant"].notna()].copy()))
+    runs = runs.sort_values("start_time").drop_duplicates([*VARIANT, CONFIG, "params.seed"], keep="last")
+    return with_config(runs.reset_index(drop=True))  # a value that only a replaced run had sets nothing apart
+
+
+def config_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run, the config values that differ between it and other runs of its dataset and task, as
+    `key=value` pairs (learning rate, model, trainer settings, ...; VARIANT's columns, the seed and
+    bookkeeping aside); empty where every run of its dataset and task agrees. A key a run lacks
+    (logged before the key existed) shows as nan."""
+    columns = [c for c in runs.columns if c.startswith("params.") and not c.startswith(NOT_CONFIG)]
+    labels = pd.Series("", index=runs.index, dtype=object)
+    for _, group in runs.groupby(["tags.dataset", "tags.task"], dropna=False, sort=False):
+        values = group[columns].astype(str)
+        varying = [c for c in columns if values[c].nunique() > 1]
+        if varying:
+            labels[group.index] = [" ".join(f"{c.removeprefix('params.')}={v}" for c, v in zip(varying, row))
+                                   for row in values[varying].itertuples(index=False)]
+    return labels
+
+
+def with_config(runs: pd.DataFrame) -> pd.DataFrame:
+    runs[CONFIG] = config_labels(runs)
+    return runs
+
+
+def run_label(run: pd.Series) -> str:
+    """A run's group in a legend or title: its head, then whatever else sets it apart."""
+    parts = [run["tags.head"], None if run["tags.trainer"] == "fit" else run["tags.trainer"],
+             None if run["params.precision"] == "float32" else run["params.precision"], run.get(CONFIG) or None]
+    return " ".join(str(p) for p in parts if p)
+
+
+def one_per_group(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per variant and config, the lowest seed's, with `label` (run_label plus that seed and the
+    group's seed count): a picture never shows two configs under one name, nor hides that seeds exist."""
+    keys = [*VARIANT, CONFIG]
+    runs = _complete(runs.copy())
+    if CONFIG not in runs:
+        runs = with_config(runs)
+    runs = runs.assign(_seed=pd.to_numeric(runs["params.seed"], errors="coerce"))
+    counts = runs.groupby(keys, dropna=False, sort=False)["run_id"].transform("size")
+    runs = runs.assign(_seeds=counts).sort_values("_seed", kind="stable")
+    first = runs.drop_duplicates(keys).sort_index()
+    labels = [run_label(r) + (f" (seed {r['params.seed']} of {r['_seeds']})" if r["_seeds"] > 1 else "")
+              for _, r in first.iterrows()]
+    return first.drop(columns=["_seed", "_seeds"]).assign(label=labels)
 
 
 def _complete(runs: pd.DataFrame) -> pd.DataFrame:
@@ -79,37 +130,49 @@ def _complete(runs: pd.DataFrame) -> pd.DataFrame:
             runs[column] = np.nan
     runs["tags.trainer"] = runs["tags.trainer"].fillna("fit")
     runs["tags.task"] = runs["tags.task"].fillna("multiclass")
-    runs["params.precision"] = runs["params.precision"].fillna("float32")  # runs from before the key existed
+    runs["params.precision"] = runs["params.precision"].astype(object).fillna("float32")  # runs from before the key existed
     return runs
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: its identity, seeds, and each metric's mean and std over seeds."""
+    """One row per variant and config: its identity, seeds, and each metric's mean, std and the
+    half-width of its 95% confidence interval over seeds (Student's t; NaN for one seed)."""
+    from scipy import stats
+
     runs = _complete(runs.copy())  # runs logged before a key existed have it at its default
+    if CONFIG not in runs:
+        runs = with_config(runs)
     renamed = runs.rename(columns={**VARIANT, "params.seed": "seed", "tags.numerics.train_loss_path": "train_loss_path",
                                    **{f"metrics.{m}": m for m in METRICS}})
-    keys = list(VARIANT.values())
+    keys = [*VARIANT.values(), CONFIG]
     grouped = renamed.groupby(keys, sort=False, dropna=False)
     table = grouped.agg(seeds=("seed", lambda s: " ".join(sorted(map(str, s)))), runs=("seed", "size"),
                         train_loss_path=("train_loss_path", "first"))
-    means, stds = grouped[METRICS].mean(), grouped[METRICS].std(ddof=1)
-    table = table.join(means).join(stds.add_suffix("_std")).reset_index()
+    means, stds, counts = grouped[METRICS].mean(), grouped[METRICS].std(ddof=1), grouped[METRICS].count()
+    t = stats.t.ppf(0.5 + CONFIDENCE / 2, (counts - 1).where(counts > 1))  # NaN below two values
+    ci = stds * t / np.sqrt(counts)
+    table = table.join(means).join(stds.add_suffix("_std")).join(ci.add_suffix("_ci95")).reset_index()
     order = {"multiclass": 0, "binary": 1}
-    return table.sort_values(["dataset", "task", "trainer", "head"], key=lambda c: c.map(order) if c.name == "task" else c,
-                             ignore_index=True)
+    return table.sort_values(["dataset", "task", "trainer", "precision", "head", CONFIG],
+                             key=lambda c: c.map(order) if c.name == "task" else c, ignore_index=True)
 
 
-def _cell(mean: float, std: float) -> str:
+def _cell(mean: float, half_width: float) -> str:
     if pd.isna(mean):
         return ""
     text = f"{mean:.4g}"
-    return text if pd.isna(std) else f"{text} ± {std:.2g}"
+    return text if pd.isna(half_width) else f"{text} ± {half_width:.2g}"
+
+
+CAPTION = ("Each cell: the mean over the seeds ± the half-width of its 95% confidence interval (Student's t; "
+           "summary.csv also has each std). `config`: the settings that set a row apart from the other rows "
+           "of its dataset and task.")
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    shown = table[["dataset", "task", "head", "trainer", "precision", "seeds", "train_loss_path"]].copy()
+    columns = ["dataset", "task", "head", "trainer", "precision"]
+    columns += [CONFIG] * bool(table[CONFIG].astype(bool).any()) + ["seeds", "train_loss_path"]
+    shown = table[columns].copy()
     for m in METRICS:
-        shown[m] = [_cell(a, b) for a, b in zip(table[m], table[f"{m}_std"])]
+        shown[m] = [_cell(a, b) for a, b in zip(table[m], table[f"{m}_ci95"])]
     return shown.to_markdown(index=False)
-
-

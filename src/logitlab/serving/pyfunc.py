@@ -46,8 +46,9 @@ def predict_frame(outputs: np.ndarray, task: str, head: str) -> Any:
     """The head's raw outputs as the serving contract's DataFrame."""
     import pandas as pd
 
-    probs = probabilities(np.asarray(outputs, dtype=np.float32), task, head)
-    per_class = class_probabilities(probs, task)
+    outputs = np.asarray(outputs, dtype=np.float32)
+    probs = probabilities(outputs, task, head)
+    per_class = class_probabilities(outputs, task, head)
     frame = pd.DataFrame(per_class, columns=columns(task, per_class.shape[1])[:-1])
     frame[CLASS_COLUMN] = predicted_class(probs, task)
     return frame
