@@ -66,10 +66,13 @@ def leftovers(tmp_path):
                                            "'[softmax'; see https://hydra.cc/docs/advanced/override_grammar/basic/"),
         ("train", ["trainer.epochz=3"], "unknown key 'trainer.epochz' in override 'trainer.epochz=3'; valid under trainer: "
                                         "name, epochs, batch_size, validation_split, steps_per_execution, jit_compile, shuffle_buffer, "
-                                        "log_every_n_steps, max_loss, verbose"),
+                                        "log_every_n_steps, max_loss, verbose, train_on"),
         ("train", ["+trainer.epochz=3"], "unknown key 'trainer.epochz'; valid under trainer: "
                                          "name, epochs, batch_size, validation_split, steps_per_execution, jit_compile, "
-                                         "shuffle_buffer, log_every_n_steps, max_loss, verbose"),
+                                         "shuffle_buffer, log_every_n_steps, max_loss, verbose, train_on"),
+        ("train", ["experiment=blobs"], "unknown experiment 'blobs' in override 'experiment=blobs'; valid: blobs_sigmoid, "
+                                        "blobs_softmax, course_logistic, course_mnist, mnist_gradient_tape"),
+        ("train", ["evaluate.split=val"], "evaluate.split: Invalid value 'val', expected one of [test, train]"),
         ("train", ["-m", "trainer=fit,tape"], "unknown trainer 'tape' in override 'trainer=fit,tape'; valid: fit, gradient_tape"),
         ("report", ["hydra/launcher=paralel"], "unknown launcher 'paralel' in override 'hydra/launcher=paralel'; valid: "
                                                  "basic, joblib, parallel, slurm, submitit_local, submitit_slurm"),

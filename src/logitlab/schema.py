@@ -63,6 +63,16 @@ class Precision(StrEnum):
     mixed_bfloat16 = "mixed_bfloat16"
 
 
+class TrainOn(StrEnum):
+    train = "train"  # the training split (its last validation_split held out for validation)
+    all = "all"      # every example, training and test split joined in the fetched order (the blobs notebooks)
+
+
+class EvaluateOn(StrEnum):
+    test = "test"    # the test split
+    train = "train"  # the examples trained on (the blobs notebooks print their statistics on them)
+
+
 class ReportRuns(StrEnum):
     pipeline = "pipeline"       # the variants the DVC pipeline trained, read from its files
     experiment = "experiment"   # every finished run of the MLflow experiment (sweeps included)
@@ -157,6 +167,7 @@ class TrainerConf:
     log_every_n_steps: int = 100
     max_loss: float | None = 1e6
     verbose: int = 2
+    train_on: TrainOn = TrainOn.train
 
 
 @dataclass
@@ -179,6 +190,7 @@ class TrackingConf:
 class TapePipeline:
     datasets: list[str] = field(default_factory=list)
     heads: list[str] = field(default_factory=list)
+    overrides: str = ""  # Hydra overrides the train_tape stages add (the reference notebook's own model)
 
 
 @dataclass
@@ -211,6 +223,7 @@ class ReportConf:
 class EvaluateConf:
     n_examples: int = 5
     batch_size: int = 1024
+    split: EvaluateOn = EvaluateOn.test
 
 
 @dataclass
@@ -220,6 +233,7 @@ class Config:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    experiment: str | None = None  # the conf/experiment/ file a run was composed with (set by the file)
     dataset: str = "mnist"
     task: Task = Task.multiclass
     precision: Precision = Precision.float32

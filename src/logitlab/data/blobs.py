@@ -34,13 +34,13 @@ def preprocess_blobs(split: Mapping[str, Any], raw: Path) -> dict[str, np.ndarra
     from sklearn.model_selection import train_test_split
 
     arrays = load_arrays(raw, ("x", "y"), remake="dvc repro -f fetch@blobs")
-    x_train, x_test, y_train, y_test = train_test_split(
-        arrays["x"], arrays["y"], test_size=split["test_size"],
-        random_state=split["random_state"], stratify=arrays["y"],
-    )
+    x, y = arrays["x"], arrays["y"]
+    i_train, i_test = train_test_split(np.arange(len(x)), test_size=split["test_size"],
+                                       random_state=split["random_state"], stratify=y)
     return {
-        "x_train": x_train.astype(np.float32), "y_train": y_train.astype(np.int32),
-        "x_test": x_test.astype(np.float32), "y_test": y_test.astype(np.int32),
+        "x_train": x[i_train].astype(np.float32), "y_train": y[i_train].astype(np.int32),
+        "x_test": x[i_test].astype(np.float32), "y_test": y[i_test].astype(np.int32),
+        "i_train": i_train.astype(np.int64), "i_test": i_test.astype(np.int64),
     }
 
 

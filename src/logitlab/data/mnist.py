@@ -131,4 +131,7 @@ def preprocess_mnist(settings: Mapping[str, Any], raw: Path) -> dict[str, np.nda
         x = arrays[f"x_{split}"]
         out[f"x_{split}"] = x.reshape(len(x), -1).astype(np.float32) / np.float32(scale)
         out[f"y_{split}"] = arrays[f"y_{split}"].astype(np.int32)
+    n_train = len(out["x_train"])  # fetched as the training set, then the test set
+    out["i_train"] = np.arange(n_train, dtype=np.int64)
+    out["i_test"] = np.arange(n_train, n_train + len(out["x_test"]), dtype=np.int64)
     return out

@@ -29,7 +29,9 @@ PREPROCESSORS: dict[str, Callable[[Mapping[str, Any], Path], dict[str, np.ndarra
     "mnist": preprocess_mnist,
     "blobs": preprocess_blobs,
 }
-SPLITS = MNIST_KEYS  # x_train, y_train, x_test, y_test: every processed file has these
+# Every processed file has these: x_train, y_train, x_test, y_test, and each split's positions in
+# the order the data was fetched (i_train, i_test), which `splits` uses to put them back together.
+SPLITS = (*MNIST_KEYS, "i_train", "i_test")
 
 
 def fetch(cfg: Config, root: Path, job: Any = None) -> None:
@@ -55,6 +57,20 @@ def remake_processed(dataset: str) -> str:
 def load_processed(path: Path, dataset: str) -> dict[str, np.ndarray]:
     """A processed file; missing or damaged, a UserError naming the command that remakes it."""
     return load_arrays(path, SPLITS, remake=remake_processed(dataset))
+
+
+def splits(data: Mapping[str, np.ndarray], train_on: str, evaluate_on: str) -> dict[str, np.ndarray]:
+    """x_train, y_train, x_eval, y_eval of a processed file. train_on=all trains on every example, the
+    two splits joined in the order the data was fetched (the blobs notebooks fit all 2,000 points);
+    evaluate_on=train evaluates on the examples trained on (the notebooks print their statistics on
+    the training set), test on the test split."""
+    x, y = data["x_train"], data["y_train"]
+    if train_on == "all":
+        order = np.argsort(np.concatenate([data["i_train"], data["i_test"]]), kind="stable")
+        x, y = np.concatenate([x, data["x_test"]])[order], np.concatenate([y, data["y_test"]])[order]
+    if evaluate_on == "train":
+        return {"x_train": x, "y_train": y, "x_eval": x, "y_eval": y}
+    return {"x_train": x, "y_train": y, "x_eval": data["x_test"], "y_eval": data["y_test"]}
 
 
 def task_labels(y: np.ndarray, task: str, positive_class: int) -> np.ndarray:

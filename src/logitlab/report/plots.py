@@ -20,6 +20,7 @@ from logitlab.files import OUTPUTS_FILE, atomic_path, load_arrays
 from logitlab.report.table import one_per_group
 
 Artifact = Callable[[pd.Series, str], Path]
+Examples = Callable[[pd.Series], tuple[np.ndarray, np.ndarray]]  # the examples a run was evaluated on, x and y
 History = Callable[[pd.Series], pd.DataFrame]   # a run's epochs: `epoch` (from 1), `loss`, `val_loss`, ...
 # Each line's (linestyle, marker): lines that coincide still show one another.
 STYLES = [("-", None), ("--", "o"), (":", "s"), ("-.", "^"), ((0, (5, 1)), "x"), ((0, (1, 2)), "D")]
@@ -51,8 +52,9 @@ def _outputs(row: pd.Series, artifact: Artifact, *extra: str) -> dict[str, np.nd
     return load_arrays(artifact(row, OUTPUTS_FILE), ("outputs", "probabilities", "labels", *extra), remake=_remake(row))
 
 
-def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, images: np.ndarray, n: int) -> list[Path]:
-    """The first `n` MNIST test digits with the true label and each head's prediction (red: wrong)."""
+def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Examples, n: int) -> list[Path]:
+    """The first `n` MNIST digits each run was evaluated on, with the true label and the run's
+    prediction (red: wrong)."""
     group = one_per_group(runs[(runs["tags.dataset"] == "mnist") & (runs["tags.task"] == "multiclass")])
     if group.empty:
         return []
@@ -60,7 +62,10 @@ def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, images: np.nd
     for row, (_, run) in zip(axes, group.iterrows()):
         arrays = _outputs(run, artifact)
         predicted = arrays["probabilities"].argmax(axis=1)
-        for i, ax in enumerate(row):
+        images, _ = examples(run)
+        for ax in row[len(images):]:
+            ax.set_axis_off()
+        for i, ax in enumerate(row[:len(images)]):
             ax.imshow(images[i].reshape(28, 28), cmap="gray")
             ax.set_axis_off()
             wrong = predicted[i] != arrays["labels"][i]
@@ -70,10 +75,10 @@ def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, images: np.nd
     return [_save(plt, fig, out / "digits_mnist.png")]
 
 
-def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, x: np.ndarray, y: np.ndarray,
+def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Examples,
                           positive_class: int) -> list[Path]:
-    """Each blobs variant's predicted class over the plane (its outputs.npz's grid), with the test
-    points. Class k is tab10's colour k in regions and points alike; binary: the configured positive
+    """Each blobs variant's predicted class over the plane (its outputs.npz's grid), with the points
+    it was evaluated on. Class k is tab10's colour k in regions and points alike; binary: the configured positive
     class in its own colour, the rest grey."""
     written = []
     blobs = runs[runs["tags.dataset"] == "blobs"]
@@ -84,6 +89,7 @@ def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, x: 
         for ax, (_, run) in zip(axes.flat, group.iterrows()):
             grid = _outputs(run, artifact, "grid_x0", "grid_x1", "grid_class")
             regions = grid["grid_class"]
+            x, y = examples(run)
             if task == "binary":
                 ax.contourf(grid["grid_x0"], grid["grid_x1"], regions, levels=[-0.5, 0.5, 1.5],
                             colors=binary_colours(positive_class), alpha=0.3)

@@ -11,11 +11,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from logitlab.data.preprocess import load_processed
+from logitlab.data.preprocess import load_processed, splits
 from logitlab.files import atomic_path, read_tsv, write_text
-from logitlab.report.plots import Artifact, History, plot_curves, plot_decision_regions, plot_digits
+from logitlab.report.plots import Artifact, Examples, History, plot_curves, plot_decision_regions, plot_digits
 from logitlab.report.table import CAPTION, experiment_runs, pipeline_runs, summarize, to_markdown
 from logitlab.schema import Config, ReportRuns, under_root
 from logitlab.sweep import Job
@@ -29,6 +30,17 @@ KIND_TAG = "logitlab.kind"
 
 def _local(row: pd.Series, name: str) -> Path:
     return Path(row["artifacts"]) / name
+
+
+def _evaluated(data: dict[str, np.ndarray]) -> Examples:
+    """A run's evaluated examples, by its trainer.train_on and evaluate.split (runs from before those
+    keys: the training split, evaluated on the test split)."""
+    def examples(row: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        train_on, split = row.get("params.trainer.train_on"), row.get("params.evaluate.split")
+        chosen = splits(data, train_on if isinstance(train_on, str) else "train", split if isinstance(split, str) else "test")
+        return chosen["x_eval"], chosen["y_eval"]
+
+    return examples
 
 
 def _local_history(row: pd.Series) -> pd.DataFrame:
@@ -86,12 +98,11 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
         drawn.mkdir()
         plot_curves(runs, _local_history if pipeline else _mlflow_history(), drawn)
         if (runs["tags.dataset"] == "mnist").any():
-            mnist = load_processed(cfg.path(root, "processed", "mnist"), "mnist")
-            plot_digits(runs, artifact, drawn, mnist["x_test"], min(cfg.report.digits, len(mnist["x_test"])))
+            mnist = _evaluated(load_processed(cfg.path(root, "processed", "mnist"), "mnist"))
+            plot_digits(runs, artifact, drawn, mnist, cfg.report.digits)
         if (runs["tags.dataset"] == "blobs").any():
-            blobs = load_processed(cfg.path(root, "processed", "blobs"), "blobs")
-            plot_decision_regions(runs, artifact, drawn, blobs["x_test"], blobs["y_test"],
-                                  cfg.datasets.blobs.binary.positive_class)
+            blobs = _evaluated(load_processed(cfg.path(root, "processed", "blobs"), "blobs"))
+            plot_decision_regions(runs, artifact, drawn, blobs, cfg.datasets.blobs.binary.positive_class)
         plots.mkdir(parents=True, exist_ok=True)
         for stale in plots.glob("*.png"):
             stale.unlink()

@@ -30,9 +30,10 @@ def dvc_md5(path: Path) -> str:
 
 
 def datasets(name: str, processed: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-             y_test: np.ndarray) -> tuple[Any, Any]:
-    """The training and test sets of `name` as MLflow datasets (`<name>-train`, `<name>-test`): the
-    arrays give the schema and profile, the processed file the source and the digest."""
+             y_test: np.ndarray, splits: tuple[str, str] = ("train", "test")) -> tuple[Any, Any]:
+    """The examples trained on and evaluated on as MLflow datasets (`<name>-<split>`, by default
+    `<name>-train` and `<name>-test`): the arrays give the schema and profile, the processed file the
+    source and the digest."""
     import mlflow.data
 
     digest, source = dvc_md5(processed), processed.resolve().as_uri()
@@ -41,7 +42,7 @@ def datasets(name: str, processed: Path, x_train: np.ndarray, y_train: np.ndarra
         # the two; they are the same class.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         return tuple(mlflow.data.from_numpy(x, targets=y, source=source, name=f"{name}-{split}", digest=digest)
-                     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)))
+                     for split, x, y in ((splits[0], x_train, y_train), (splits[1], x_test, y_test)))
 
 
 def dvc_experiment_tags() -> dict[str, str]:

@@ -93,7 +93,8 @@ _gc_frozen = False
 
 
 def prepare(cfg: Config, data: Mapping[str, np.ndarray]) -> tuple[keras.Model, np.ndarray, np.ndarray]:
-    """The compiled model of `cfg`, seeded, and its training examples and labels for `cfg.task`."""
+    """The compiled model of `cfg`, seeded, and its training examples and labels for `cfg.task`
+    (`data`: a processed file, or `splits` of one)."""
     x, labels = data["x_train"], data["y_train"]
     labels_in_range(labels, cfg)
     y = task_labels(labels, cfg.task, cfg.ds.binary.positive_class)

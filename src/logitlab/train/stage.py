@@ -1,11 +1,12 @@
 """The train stage: one variant, one process, one MLflow run.
 
-It trains `cfg.model.head` on `cfg.dataset` for `cfg.task`, evaluates the model on the test set in
-the same process, writes the stage's files, and sends the same to one MLflow run, opened once and
+It trains `cfg.model.head` on `cfg.dataset` for `cfg.task`, evaluates the model on the test set
+(evaluate.split) in the same process, writes the stage's files, and sends the same to one MLflow run, opened once and
 closed once (so the run's duration is the variant's real time). Its files, by `outputs`:
 
   pipeline (the DVC stages)        job (runs and sweeps: the Hydra job's folder)
-  paths.models/<variant>/          model.keras, outputs.npz (every test output, probabilities, label)
+  paths.models/<variant>/          model.keras, outputs.npz (every test output, probabilities, label),
+                                   notebook.txt (the reference notebook's printout, from this run)
   paths.metrics/<variant>.json     metrics.json: test metrics and numerics (dvc metrics show)
   paths.history/<variant>.tsv      history.tsv: one row per epoch (dvc plots show, x: epoch)
   paths.predictions/<variant>.json predictions.json: the variant, its params, its first test outputs
@@ -18,14 +19,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
-from logitlab.data.preprocess import load_processed, remake_processed, task_labels
+from logitlab.data.preprocess import load_processed, remake_processed, splits, task_labels
 from logitlab.errors import StoreUnavailable
 from logitlab.evaluate.metrics import Evaluation, evaluate
+from logitlab.evaluate.printout import write_printout
 from logitlab.files import (
     MODEL_FILE,
     OUTPUTS_FILE,
@@ -35,7 +38,7 @@ from logitlab.files import (
     write_json,
     write_text,
 )
-from logitlab.schema import Config, Layout, run_params
+from logitlab.schema import Config, EvaluateOn, Layout, TrainerName, TrainOn, run_params
 from logitlab.serving.pyfunc import log_model
 from logitlab.serving.registry import register
 from logitlab.sweep import SWEEP_TAG, Job, read_sweep
@@ -44,11 +47,10 @@ from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.runs import RunLog, open_store, tracked_run
 from logitlab.tracking.store import runs_link, store_call
 from logitlab.train.loop import fit_compiled, prepare
-from logitlab.train.tape import fit_gradient_tape
+from logitlab.train.tape import StepLog, fit_gradient_tape
 
 log = logging.getLogger(__name__)
 
-TRAINERS = {"fit": fit_compiled, "gradient_tape": fit_gradient_tape}
 HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE = "history.tsv", "metrics.json", "predictions.json"
 
 
@@ -90,9 +92,12 @@ def train(cfg: Config, root: Path, job: Job) -> float:
 
     A diverged loss ends the run FAILED and writes no file."""
     processed = require(cfg.path(root, "processed"), remake_processed(cfg.dataset))
-    data = load_processed(processed, cfg.dataset)  # a damaged file fails before the store is touched
+    # A damaged file fails before the store is touched; then the examples trained on and evaluated on.
+    data = splits(load_processed(processed, cfg.dataset), cfg.trainer.train_on, cfg.evaluate.split)
     open_store(cfg.tracking, root, "the train stage")  # and a store that does not answer fails now
     model, x, y = prepare(cfg, data)
+    if cfg.trainer.train_on == TrainOn.all and cfg.evaluate.split == EvaluateOn.test:
+        log.warning("trainer.train_on=all trains on the test split too: its test metrics are not held out")
 
     tags = {**identity(cfg), "hydra.job.num": str(job.num), "hydra.overrides": redact_text(" ".join(job.overrides))}
     parent = None
@@ -104,8 +109,12 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     run_name = f"{cfg.variant}-{job.num}" if job.multirun else cfg.variant
     params = {k: redact_text(v) for k, v in run_params(cfg).items()}  # no password of a URI
 
-    y_test = task_labels(data["y_test"], cfg.task, cfg.ds.binary.positive_class)
-    train_set, test_set = datasets(cfg.dataset, processed, x, y, data["x_test"], y_test)
+    x_eval, y_eval = data["x_eval"], task_labels(data["y_eval"], cfg.task, cfg.ds.binary.positive_class)
+    trained_on = str(cfg.trainer.train_on)  # train | all
+    evaluated_on = trained_on if cfg.evaluate.split == EvaluateOn.train else "test"
+    train_set, test_set = datasets(cfg.dataset, processed, x, y, x_eval, y_eval, (trained_on, evaluated_on))
+    steps: list[StepLog] = []
+    trainer = partial(fit_gradient_tape, steps=steps) if cfg.trainer.name == TrainerName.gradient_tape else fit_compiled
 
     with tracked_run(cfg.tracking, root, found_by="train", run_name=run_name, tags=tags, parent_run_id=parent) as run:
         run_log = RunLog(run.info.run_id)
@@ -116,27 +125,29 @@ def train(cfg: Config, root: Path, job: Job) -> float:
                  cfg.dataset, cfg.task, cfg.trainer.name, len(x), run.info.run_id)
         start = time.perf_counter()
         try:
-            history = TRAINERS[cfg.trainer.name](model, x, y, cfg, run_log)
+            history = trainer(model, x, y, cfg, run_log)
         except BaseException:
             _flush_after_error(run_log)  # the epochs before the failure still reach the run
             raise
         run_log.log({"train_seconds": time.perf_counter() - start})
 
-        result = evaluate(model, data["x_test"], y_test, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
+        result = evaluate(model, x_eval, y_eval, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
                           cfg.evaluate.n_examples)
         files = Files.of(cfg, root, job.dir)
         predictions = {"variant": cfg.variant, "stage": cfg.stage, **identity(cfg), "tags": result.tags,
                        "params": params, "examples": result.examples}
         write_outputs(files, model, history, result, predictions)
+        notebook = write_printout(files.model_dir, result, x_eval, cfg, steps)
         run_log.flush()  # params and epochs in the store: the logged model takes them (the last epoch's metrics)
         logged = store_call("log the model", log_model, model, name=cfg.variant, task=str(cfg.task),
-                            head=cfg.model.head, n_classes=cfg.ds.num_classes, example=data["x_test"],
+                            head=cfg.model.head, n_classes=cfg.ds.num_classes, example=x_eval,
                             tags=identity(cfg), step=len(history) - 1)
         run_log.log(result.metrics, model_id=logged.model_id, dataset=test_set)  # the Models tab's test metrics
         run_log.flush()
         store_call("tag the run", mlflow.set_tags, result.tags)
         store_call("log the predictions", mlflow.log_dict, predictions, PREDICTIONS_FILE)
-        store_call(f"log {OUTPUTS_FILE}", mlflow.log_artifact, str(files.model_dir / OUTPUTS_FILE))
+        for path in (files.model_dir / OUTPUTS_FILE, *notebook):
+            store_call(f"log {path.name}", mlflow.log_artifact, str(path))
         if cfg.registers:
             version = register(logged.model_id, run.info.run_id, dataset=cfg.dataset, task=str(cfg.task),
                                head=cfg.model.head, trainer=str(cfg.trainer.name), variant=cfg.variant,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -23,10 +24,21 @@ from logitlab.train.loop import diverged
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class StepLog:
+    """What the notebook prints every `log_every_n_steps` steps."""
+
+    step: int
+    loss: float       # the last step's batch loss
+    accuracy: float   # the running accuracy of the epoch so far
+    seen: int         # training examples seen so far
+
+
 def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
-                      metrics: RunLog | None) -> list[dict[str, float]]:
+                      metrics: RunLog | None, steps: list[StepLog] | None = None) -> list[dict[str, float]]:
     """The reference notebook's loop, on the model's compiled loss and optimizer; returns each epoch's
-    metrics, and raises Diverged after the first epoch whose loss diverged."""
+    metrics (and appends each logged step to `steps`), and raises Diverged after the first epoch
+    whose loss diverged."""
     trainer = cfg.trainer
     n_train = training_examples(len(x), trainer.validation_split)  # the last fraction is validation, as in Keras
     n_val = len(x) - n_train
@@ -81,8 +93,12 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
             done, step = done + n, step + n
             if step % every == 0:
                 now = int(time.time() * 1000)
-                step_metrics += [Metric("step_loss", float(loss), now, step),
-                                 Metric("step_accuracy", float(accuracy.result()), now, step)]
+                seen = epoch * n_train + min(done * cfg.batch_size, n_train)
+                logged = StepLog(step, float(loss), float(accuracy.result()), seen)
+                step_metrics += [Metric("step_loss", logged.loss, now, step),
+                                 Metric("step_accuracy", logged.accuracy, now, step)]
+                if steps is not None:
+                    steps.append(logged)
             check_interrupted()
         logs = {"loss": float(mean_loss.result()), "accuracy": float(accuracy.result())}
         if n_val:
