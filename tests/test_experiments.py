@@ -62,6 +62,19 @@ def test_each_reference_notebook_composes_as_written(name):
         assert (cfg.trainer.shuffle_buffer, cfg.trainer.log_every_n_steps) == (1024, 100)
 
 
+def test_the_numerics_study_sweeps_learning_rate_head_precision_and_seeds_on_both_datasets():
+    params = sweep_params("numerics_study")
+    rates = [float(v) for v in params["optimizer.lr"].split(",")]
+    assert rates[0] <= 1e-3 and rates[-1] >= 0.3 and len(rates) >= 5
+    assert np.allclose(np.diff(np.log(rates)), np.log(rates[1] / rates[0]), rtol=0.1), "log-spaced"
+    assert set(params["model.head"].split(",")) == {"logit", "softmax", "softmax_strict"}
+    assert set(params["precision"].split(",")) == {"float32", "mixed_float16", "mixed_bfloat16"}
+    assert params["seed"] == "range(5)" and params["study"] == "blobs,mnist"
+    blobs, mnist = (compose(ROOT, ["experiment=numerics_study", f"study={d}"]) for d in ("blobs", "mnist"))
+    assert (blobs.dataset, blobs.trainer.epochs, mnist.dataset, mnist.trainer.epochs) == ("blobs", 10, "mnist", 3)
+    assert mnist.model.layers == [25, 15] and blobs.tracking.experiment == "numerics_study"
+
+
 def test_without_an_experiment_nothing_changes():
     assert compose(ROOT).experiment is None
     assert compose(ROOT, ["experiment=blobs_softmax", "optimizer.lr=0.01"]).optimizer.lr == 0.01, "overrides win"

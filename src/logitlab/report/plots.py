@@ -26,7 +26,7 @@ History = Callable[[pd.Series], pd.DataFrame]   # a run's epochs: `epoch` (from 
 STYLES = [("-", None), ("--", "o"), (":", "s"), ("-.", "^"), ((0, (5, 1)), "x"), ((0, (1, 2)), "D")]
 
 
-def _figure(rows: int, cols: int, width: float = 4.0, height: float = 3.0):
+def figure(rows: int, cols: int, width: float = 4.0, height: float = 3.0):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +36,7 @@ def _figure(rows: int, cols: int, width: float = 4.0, height: float = 3.0):
     return plt, fig, axes
 
 
-def _save(plt, fig, path: Path) -> Path:
+def save_figure(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
@@ -58,7 +58,7 @@ def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Exa
     group = one_per_group(runs[(runs["tags.dataset"] == "mnist") & (runs["tags.task"] == "multiclass")])
     if group.empty:
         return []
-    plt, fig, axes = _figure(len(group), n, 1.3, 1.6)
+    plt, fig, axes = figure(len(group), n, 1.3, 1.6)
     for row, (_, run) in zip(axes, group.iterrows()):
         arrays = _outputs(run, artifact)
         predicted = arrays["probabilities"].argmax(axis=1)
@@ -72,7 +72,7 @@ def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Exa
             ax.set_title(f"{arrays['labels'][i]}→{predicted[i]}", fontsize=8, color="red" if wrong else "black")
         row[0].text(-0.3, 0.5, run["label"], transform=row[0].transAxes, ha="right", va="center", fontsize=8)
     fig.suptitle("MNIST test digits: true → predicted")
-    return [_save(plt, fig, out / "digits_mnist.png")]
+    return [save_figure(plt, fig, out / "digits_mnist.png")]
 
 
 def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Examples,
@@ -85,7 +85,7 @@ def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, exa
     for task, group in blobs.groupby("tags.task"):
         group = one_per_group(group)
         cols = min(len(group), 4)
-        plt, fig, axes = _figure(-(-len(group) // cols), cols, 3.5, 3.2)
+        plt, fig, axes = figure(-(-len(group) // cols), cols, 3.5, 3.2)
         for ax, (_, run) in zip(axes.flat, group.iterrows()):
             grid = _outputs(run, artifact, "grid_x0", "grid_x1", "grid_class")
             regions = grid["grid_class"]
@@ -103,7 +103,7 @@ def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, exa
             ax.set_axis_off()
         fig.suptitle(f"blobs {task}: decision regions" + (f" (class {positive_class} against the rest)"
                                                           if task == "binary" else ""))
-        written.append(_save(plt, fig, out / f"decision_regions_blobs_{task}.png"))
+        written.append(save_figure(plt, fig, out / f"decision_regions_blobs_{task}.png"))
     return written
 
 
@@ -142,7 +142,7 @@ def draw_lines(ax, lines: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[list
         name = label + (f" (= {', '.join(twins[label])})" if label in twins else "")
         ax.plot(x, y, linestyle=linestyle, marker=marker, markevery=max(1, len(x) // 8) if marker else None,
                 markersize=4, label=name, alpha=0.9)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=5 if len(lines) > 6 else 6)
     return same
 
 
@@ -154,7 +154,7 @@ def plot_curves(runs: pd.DataFrame, history: History, out: Path) -> list[Path]:
         group = one_per_group(group)
         epochs = {run["label"]: history(run) for _, run in group.iterrows()}
         keys = [k for k in ("loss", "val_loss") if any(k in e for e in epochs.values())]
-        plt, fig, axes = _figure(1, len(keys), 5.0, 3.6)
+        plt, fig, axes = figure(1, len(keys), 5.0, 3.6)
         notes = []
         for ax, key in zip(axes[0], keys):
             lines = {label: (e["epoch"].to_numpy(), e[key].to_numpy()) for label, e in epochs.items() if key in e}
@@ -166,5 +166,5 @@ def plot_curves(runs: pd.DataFrame, history: History, out: Path) -> list[Path]:
         if notes:
             title += "\nidentical curves: " + "; ".join(notes)
         fig.suptitle(title, fontsize=9)
-        written.append(_save(plt, fig, out / f"curves_{dataset}_{task}.png"))
+        written.append(save_figure(plt, fig, out / f"curves_{dataset}_{task}.png"))
     return written

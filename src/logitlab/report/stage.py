@@ -1,7 +1,8 @@
 """The report stage: the comparison table (summary.csv, summary.md) and the pictures (plots/), made
 from the pipeline's own files (`report.runs=pipeline`, what the DVC stage does: no tracking store
-needed) or from every run of the MLflow experiment (`report.runs=experiment`, after sweeps); then
-sent to MLflow as a run named `report`."""
+needed) or from every run of the MLflow experiment (`report.runs=experiment`, after sweeps); where
+the runs vary in learning rate, the study view too (study.csv, study.md, plots/study_*.png:
+logitlab.report.study); then sent to MLflow as a run named `report`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd
 from logitlab.data.preprocess import load_processed, splits
 from logitlab.files import atomic_path, read_tsv, write_text
 from logitlab.report.plots import Artifact, Examples, History, plot_curves, plot_decision_regions, plot_digits
+from logitlab.report.study import differences, differences_markdown, plot_study
 from logitlab.report.table import CAPTION, experiment_runs, pipeline_runs, summarize, to_markdown
 from logitlab.schema import Config, ReportRuns, under_root
 from logitlab.sweep import Job
@@ -97,6 +99,7 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
         drawn = tmp / "plots"  # drawn aside, so that a failure leaves the last report as it was
         drawn.mkdir()
         plot_curves(runs, _local_history if pipeline else _mlflow_history(), drawn)
+        plot_study(runs, drawn)
         if (runs["tags.dataset"] == "mnist").any():
             mnist = _evaluated(load_processed(cfg.path(root, "processed", "mnist"), "mnist"))
             plot_digits(runs, artifact, drawn, mnist, cfg.report.digits)
@@ -111,11 +114,19 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
     with atomic_path(out_dir / "summary.csv") as tmp_csv:
         table.to_csv(tmp_csv, index=False)
     write_text(out_dir / "summary.md", f"{CAPTION}\n\n{to_markdown(table)}\n")
+    study = differences(runs)
+    tables = [out_dir / "summary.csv", out_dir / "summary.md"]
+    for stale in ("study.csv", "study.md"):
+        (out_dir / stale).unlink(missing_ok=True)
+    if len(study):
+        with atomic_path(out_dir / "study.csv") as tmp_csv:
+            study.to_csv(tmp_csv, index=False)
+        tables += [out_dir / "study.csv", write_text(out_dir / "study.md", differences_markdown(study) + "\n")]
     with tracked_run(cfg.tracking, root, found_by="report", run_name="report",
                      tags={KIND_TAG: "report", "report.runs": str(cfg.report.runs)}):
         store_call("log the report", mlflow.log_metric, "report_variants", len(table))
-        store_call("log the report", mlflow.log_artifact, str(out_dir / "summary.csv"))
-        store_call("log the report", mlflow.log_artifact, str(out_dir / "summary.md"))
+        for path in tables:
+            store_call("log the report", mlflow.log_artifact, str(path))
         store_call("log the report", mlflow.log_artifacts, str(plots), artifact_path="plots")
     log.info("report of %d runs, %d variants, %d plots -> %s", len(runs), len(table), len(written), out_dir)
     return table

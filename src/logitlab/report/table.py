@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,7 @@ def pipeline_runs(cfg: Config, root: Path) -> pd.DataFrame:
         row.update({f"metrics.{k}": v for k, v in metrics.items()})
         row["history"] = str(variant.path(root, "history") / f"{name}.tsv")
         rows.append(row)
-    return with_config(_complete(pd.DataFrame(rows)))
+    return with_config(complete(pd.DataFrame(rows)))
 
 
 def experiment_runs(experiment: str) -> pd.DataFrame:
@@ -75,7 +76,7 @@ def experiment_runs(experiment: str) -> pd.DataFrame:
                               output_format="pandas")
     if runs.empty or "tags.logitlab.variant" not in runs:
         raise UserError(f"no finished training runs in MLflow experiment {experiment!r}")
-    runs = with_config(_complete(runs[runs["tags.logitlab.variant"].notna()].copy()))
+    runs = with_config(complete(runs[runs["tags.logitlab.variant"].notna()].copy()))
     runs = runs.sort_values("start_time").drop_duplicates([*VARIANT, CONFIG, "params.seed"], keep="last")
     return with_config(runs.reset_index(drop=True))  # a value that only a replaced run had sets nothing apart
 
@@ -112,7 +113,7 @@ def one_per_group(runs: pd.DataFrame) -> pd.DataFrame:
     """One run per variant and config, the lowest seed's, with `label` (run_label plus that seed and the
     group's seed count): a picture never shows two configs under one name, nor hides that seeds exist."""
     keys = [*VARIANT, CONFIG]
-    runs = _complete(runs.copy())
+    runs = complete(runs.copy())
     if CONFIG not in runs:
         runs = with_config(runs)
     runs = runs.assign(_seed=pd.to_numeric(runs["params.seed"], errors="coerce"))
@@ -124,7 +125,8 @@ def one_per_group(runs: pd.DataFrame) -> pd.DataFrame:
     return first.drop(columns=["_seed", "_seeds"]).assign(label=labels)
 
 
-def _complete(runs: pd.DataFrame) -> pd.DataFrame:
+def complete(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every column the report reads, NaN where no run has it; the keys that came later at their defaults."""
     for column in (*VARIANT, "tags.numerics.train_loss_path", *(f"metrics.{m}" for m in METRICS)):
         if column not in runs:
             runs[column] = np.nan
@@ -137,9 +139,7 @@ def _complete(runs: pd.DataFrame) -> pd.DataFrame:
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant and config: its identity, seeds, and each metric's mean, std and the
     half-width of its 95% confidence interval over seeds (Student's t; NaN for one seed)."""
-    from scipy import stats
-
-    runs = _complete(runs.copy())  # runs logged before a key existed have it at its default
+    runs = complete(runs.copy())  # runs logged before a key existed have it at its default
     if CONFIG not in runs:
         runs = with_config(runs)
     renamed = runs.rename(columns={**VARIANT, "params.seed": "seed", "tags.numerics.train_loss_path": "train_loss_path",
@@ -149,12 +149,20 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     table = grouped.agg(seeds=("seed", lambda s: " ".join(sorted(map(str, s)))), runs=("seed", "size"),
                         train_loss_path=("train_loss_path", "first"))
     means, stds, counts = grouped[METRICS].mean(), grouped[METRICS].std(ddof=1), grouped[METRICS].count()
-    t = stats.t.ppf(0.5 + CONFIDENCE / 2, (counts - 1).where(counts > 1))  # NaN below two values
-    ci = stds * t / np.sqrt(counts)
+    ci = interval(stds, counts)
     table = table.join(means).join(stds.add_suffix("_std")).join(ci.add_suffix("_ci95")).reset_index()
     order = {"multiclass": 0, "binary": 1}
     return table.sort_values(["dataset", "task", "trainer", "precision", "head", CONFIG],
                              key=lambda c: c.map(order) if c.name == "task" else c, ignore_index=True)
+
+
+def interval(std: Any, n: Any) -> Any:
+    """The half-width of the 95% confidence interval of a mean of `n` values with sample std `std`
+    (Student's t); NaN below two values. Elementwise over Series and DataFrames."""
+    from scipy import stats
+
+    n = n.where(n > 1) if hasattr(n, "where") else (n if n > 1 else np.nan)
+    return std * stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) / np.sqrt(n)
 
 
 def _cell(mean: float, half_width: float) -> str:
