@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
+import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +205,105 @@ def shrink_to_tiny_data(project: Path, tmp_path: Path) -> None:
     cfg.pipeline = TINY_PIPELINE
     OmegaConf.save(cfg, config)
     run([PYTHON, "-m", "logitlab", "params"], project)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _apt(*args: str) -> bool:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        proc = subprocess.run(["apt-get", *args], check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def ensure_debian(packages: list[str], programs: list[Path]) -> None:
+    """Install Debian `packages` if one of `programs` is missing and we may; otherwise skip the test."""
+    import pytest
+
+    missing = [p for p in programs if not p.exists()]
+    if not missing:
+        return
+    what = f"{', '.join(map(str, missing))} missing"
+    if os.geteuid() != 0:
+        pytest.skip(f"{what} and installing {' '.join(packages)} needs root")
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{what} and there is no apt-get to install {' '.join(packages)}")
+    if not _apt("install", "-y", "-q", *packages):
+        _apt("update", "-q")
+        if not _apt("install", "-y", "-q", *packages):
+            pytest.skip(f"{' '.join(packages)} could not be installed with apt-get")
+    still = [p for p in programs if not p.exists()]
+    if still:
+        pytest.skip(f"{' '.join(packages)} installed but {', '.join(map(str, still))} still missing")
+
+
+PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test", "user": "postgres"}
+
+
+@contextlib.contextmanager
+def postgres_database(password: str = "") -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432, dropped afterwards: its URI (skip: no server)."""
+    import pytest
+
+    try:
+        import psycopg
+
+        admin = psycopg.connect(connect_timeout=3, autocommit=True, **PG)
+    except Exception as exc:  # no server, no driver
+        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({type(exc).__name__}: {exc})")
+    name = f"logitlab_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        # trust authentication ignores a password: a test gives one to prove it never leaks
+        yield f"postgresql://postgres{':' + password if password else ''}@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the process we started, then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, folder: Path) -> Iterator[dict]:
+    """`python -m logitlab server` on 127.0.0.1 (a free port) with `backend` and proxied artifacts
+    under `folder`; stopped afterwards."""
+    port = free_port()
+    artifacts = folder / "server-artifacts"
+    log_path = folder / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([PYTHON, "-m", "logitlab", "server", "--root", str(ROOT), "--port", str(port),
+                                 "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
+                                cwd=folder, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for_http(f"{url}/health", proc, log_path)
+            yield {"url": url, "port": port, "artifacts": artifacts, "log": log_path, "backend": backend}
+        finally:
+            stop(proc)

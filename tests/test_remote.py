@@ -10,14 +10,23 @@ import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import PYTHON, TINY_PIPELINE, copy_project, run, shrink_to_tiny_data, subprocess_env
+from helpers import (
+    PYTHON,
+    TINY_PIPELINE,
+    accepts,
+    copy_project,
+    ensure_debian,
+    free_port,
+    run,
+    shrink_to_tiny_data,
+    subprocess_env,
+)
 
 SSHD = Path("/usr/sbin/sshd")
 DVC = str(Path(PYTHON).parent / "dvc")
@@ -32,44 +41,9 @@ def variants() -> set[str]:
             | {f"{d}-{h}-gradient_tape" for d in p["gradient_tape"]["datasets"] for h in p["gradient_tape"]["heads"]})
 
 
-def _apt(*args: str) -> bool:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        proc = subprocess.run(["apt-get", *args], check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
-
-
 def ensure_sshd() -> None:
     """Install openssh-server if sshd is missing and we may; otherwise skip the module."""
-    if SSHD.exists():
-        return
-    if os.geteuid() != 0:
-        pytest.skip(f"{SSHD} is missing and installing openssh-server needs root")
-    if shutil.which("apt-get") is None:
-        pytest.skip(f"{SSHD} is missing and there is no apt-get to install openssh-server")
-    if not _apt("install", "-y", "-q", "openssh-server"):
-        _apt("update", "-q")
-        if not _apt("install", "-y", "-q", "openssh-server"):
-            pytest.skip("openssh-server could not be installed with apt-get")
-    if not SSHD.exists():
-        pytest.skip(f"openssh-server installed but {SSHD} is still missing")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+    ensure_debian(["openssh-server"], [SSHD])
 
 
 @pytest.fixture(scope="module")

@@ -4,26 +4,17 @@ the runs, logged models, dataset inputs and registry read back over HTTP, and no
 what was logged, the models' metadata and input examples included."""
 
 import json
-import socket
 import subprocess
 import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import PYTHON, ROOT, app, subprocess_env, tiny_blobs, wait_for_http
+from helpers import app, mlflow_server, postgres_database, subprocess_env, tiny_blobs
 
-PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test", "user": "postgres"}
 SECRETS = {"uri": "cli-s3cret", "backend": "pg-s3cret", "password_env": "env-s3cret", "token_env": "tok-s3cret",
            "aws_env": "aws-s3cret"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -47,42 +38,14 @@ def backend(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'server.db'}"
         return
-    try:
-        import psycopg
-
-        admin = psycopg.connect(connect_timeout=3, autocommit=True, **PG)
-    except Exception as exc:  # no server, no driver
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({type(exc).__name__}: {exc}); "
-                    "the SQLite case covers the server")
-    name = f"logitlab_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        # trust authentication ignores the password: it is here to prove it never leaks
-        yield f"postgresql://postgres:{SECRETS['backend']}@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with postgres_database(password=SECRETS["backend"]) as uri:
+        yield uri
 
 
 @pytest.fixture
 def server(backend, tmp_path):
-    port = free_port()
-    artifacts = tmp_path / "server-artifacts"
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([PYTHON, "-m", "logitlab", "server", "--root", str(ROOT), "--port", str(port),
-                             "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
-                            cwd=tmp_path, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{url}/health", proc, tmp_path / "server.log")
-    yield {"url": url, "port": port, "artifacts": artifacts, "log": tmp_path / "server.log", "backend": backend}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with mlflow_server(backend, tmp_path) as running:
+        yield running
 
 
 def rest(url: str, endpoint: str, payload: dict) -> dict:
