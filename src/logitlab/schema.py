@@ -168,6 +168,7 @@ class TrainerConf:
     max_loss: float | None = 1e6
     verbose: int = 2
     train_on: TrainOn = TrainOn.train
+    checkpoint: Any = "auto"  # true | false | auto (inside a SLURM job): resume a requeued job (logitlab.train.checkpoint)
 
 
 @dataclass
@@ -414,8 +415,9 @@ def check(cfg: Config) -> None:
     for key in ("steps_per_execution", "shuffle_buffer", "log_every_n_steps"):
         _positive_int(getattr(t, key), f"trainer.{key}")
     _fraction(t.validation_split, "trainer.validation_split", low_inclusive=True)
-    if not (isinstance(t.jit_compile, bool) or t.jit_compile == "auto"):
-        raise UserError(f"trainer.jit_compile must be one of auto, true, false; got {t.jit_compile!r}")
+    for key in ("jit_compile", "checkpoint"):
+        if not (isinstance(getattr(t, key), bool) or getattr(t, key) == "auto"):
+            raise UserError(f"trainer.{key} must be one of auto, true, false; got {getattr(t, key)!r}")
     if t.max_loss is not None:
         _positive(t.max_loss, "trainer.max_loss")
     _non_negative_int(t.verbose, "trainer.verbose")
@@ -490,6 +492,21 @@ def run_params(cfg: Config) -> dict[str, str]:
     node = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     node["dataset"] = node.pop("datasets")[cfg.dataset]
     return flatten(node)
+
+
+# What a run's config hash leaves out: where files go and runs are recorded, the other stages'
+# settings, and what only shows or saves progress; none of it changes what a job trains.
+NOT_HASHED = ("paths.", "tracking.", "layout", "pipeline.", "report.", "trainer.verbose", "trainer.checkpoint")
+
+
+def config_hash(cfg: Config) -> str:
+    """A hash of the resolved config of one job but NOT_HASHED (Hydra's own settings are not in it):
+    two jobs with the same hash train the same thing. Tagged on every run
+    (`logitlab.config_hash`); a checkpoint resumes only the config it was saved for."""
+    import hashlib
+
+    params = {k: v for k, v in run_params(cfg).items() if not k.startswith(NOT_HASHED)}
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def params_drift(root: Path) -> list[str]:

@@ -132,16 +132,25 @@ def _end(run_id: str, status: str, tags: Mapping[str, str]) -> None:
 
 @contextlib.contextmanager
 def tracked_run(tracking: Any, root: Path, *, found_by: str, run_name: str | None = None,
-                tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> Iterator[Any]:
-    """Start a run in the project's store, owned by this process.
+                tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+                resume_run_id: str | None = None) -> Iterator[Any]:
+    """Start a run in the project's store, owned by this process; or, with `resume_run_id`, take up
+    that run again (a requeued job: it is RUNNING again, owned by this process, its last end's
+    reason gone).
 
     The run ends FINISHED, or KILLED on SIGTERM and Ctrl-C, or FAILED on any error, the reason in
     its tags; the exception then goes on."""
     import mlflow
 
     setup(tracking, root)
-    run = store_call("start a run", mlflow.start_run, run_name=run_name, parent_run_id=parent_run_id,
-                     tags={**(tags or {}), **process_tags()})
+    if resume_run_id:
+        client = mlflow.MlflowClient()
+        if TAG_REASON in store_call("read the run", client.get_run, resume_run_id).data.tags:
+            store_call("resume the run", client.delete_tag, resume_run_id, TAG_REASON)
+        run = store_call("resume the run", mlflow.start_run, run_id=resume_run_id, tags={**(tags or {}), **process_tags()})
+    else:
+        run = store_call("start a run", mlflow.start_run, run_name=run_name, parent_run_id=parent_run_id,
+                         tags={**(tags or {}), **process_tags()})
     rid = run.info.run_id
     try:
         with interrupts_end_the_run():

@@ -135,11 +135,14 @@ def fit(
     jit_compile: bool | str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
+    initial_epoch: int = 0,
 ) -> keras.callbacks.History:
-    """Train the compiled `model` on (x, y) as `model.fit` would (see the module's docstring).
+    """Train the compiled `model` on (x, y) as `model.fit` would (see the module's docstring), from
+    `initial_epoch` (a resumed run: its earlier epochs are in the model and optimizer already).
 
     The shuffle of epoch e is a stateless permutation seeded by (seed, e): the same seed trains the
-    same way, whatever ran before in the process. Without `shuffle`, the examples go in order."""
+    same way, whatever ran before in the process, and a resumed run as an uninterrupted one. Without
+    `shuffle`, the examples go in order."""
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
     n_train = training_examples(len(x), validation_split)
@@ -162,7 +165,7 @@ def fit(
     model.stop_training = False
     callback_list.on_train_begin()
     epoch_logs: dict[str, float] = {}
-    for epoch in range(epochs):
+    for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
         order = (tf.random.experimental.stateless_shuffle(tf.range(n_train), seed=[seed, epoch]) if shuffle
@@ -182,7 +185,7 @@ def fit(
         callback_list.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
-    if epochs > 0:
+    if epochs > initial_epoch:
         model.optimizer.finalize_variable_values(model.trainable_weights)
     callback_list.on_train_end(epoch_logs)
     return history

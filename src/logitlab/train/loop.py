@@ -56,10 +56,11 @@ class EpochMetrics(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
-def fit_compiled(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
-                 metrics: RunLog | None) -> list[dict[str, float]]:
-    """Keras fit's contract with the epochs in graph functions (`logitlab.train.fast_fit`); returns
-    each epoch's metrics, and raises Diverged after the first epoch whose loss diverged."""
+def fit_compiled(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config, metrics: RunLog | None, *,
+                 initial_epoch: int = 0, saver: keras.callbacks.Callback | None = None) -> list[dict[str, float]]:
+    """Keras fit's contract with the epochs in graph functions (`logitlab.train.fast_fit`), from
+    `initial_epoch`, `saver` called at each epoch's end before its metrics are logged; returns each
+    epoch's metrics, and raises Diverged after the first epoch whose loss diverged."""
     epochs = EpochMetrics(cfg.trainer.max_loss, metrics)
     history = fast_fit.fit(
         model, x, y,
@@ -70,7 +71,8 @@ def fit_compiled(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
         steps_per_execution=cfg.trainer.steps_per_execution,
         jit_compile=cfg.trainer.jit_compile,
         verbose=cfg.trainer.verbose,
-        callbacks=[epochs],
+        callbacks=[saver, epochs] if saver else [epochs],
+        initial_epoch=initial_epoch,
     )
     if epochs.diverged:
         raise epochs.diverged

@@ -16,8 +16,10 @@ Nothing here reads MLflow to make these files: a DVC stage reproduces without an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 import mlflow
 
 from logitlab.data.preprocess import load_processed, remake_processed, splits, task_labels
-from logitlab.errors import StoreUnavailable
+from logitlab.errors import Diverged, StoreUnavailable
 from logitlab.evaluate.metrics import Evaluation, evaluate
 from logitlab.evaluate.printout import write_printout
 from logitlab.files import (
@@ -38,7 +40,7 @@ from logitlab.files import (
     write_json,
     write_text,
 )
-from logitlab.schema import Config, EvaluateOn, Layout, TrainerName, TrainOn, run_params
+from logitlab.schema import Config, EvaluateOn, Layout, TrainerName, TrainOn, config_hash, run_params
 from logitlab.serving.pyfunc import log_model
 from logitlab.serving.registry import register
 from logitlab.sweep import SWEEP_TAG, Job, read_sweep
@@ -46,12 +48,16 @@ from logitlab.tracking.lineage import datasets, dvc_experiment_tags
 from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.runs import RunLog, open_store, tracked_run
 from logitlab.tracking.store import runs_link, store_call
+from logitlab.train.checkpoint import Checkpoint, EpochCheckpoint, restore
+from logitlab.train.checkpoint import enabled as checkpoint_enabled
 from logitlab.train.loop import fit_compiled, prepare
 from logitlab.train.tape import StepLog, fit_gradient_tape
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE = "history.tsv", "metrics.json", "predictions.json"
+CONFIG_HASH_TAG = "logitlab.config_hash"   # logitlab.schema.config_hash: what the run trains
+RESUMED_TAG = "logitlab.resumed_after_epoch"  # a requeued job that took its run up again
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,9 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     if cfg.trainer.train_on == TrainOn.all and cfg.evaluate.split == EvaluateOn.test:
         log.warning("trainer.train_on=all trains on the test split too: its test metrics are not held out")
 
-    tags = {**identity(cfg), "hydra.job.num": str(job.num), "hydra.overrides": redact_text(" ".join(job.overrides))}
+    key = config_hash(cfg)
+    tags = {**identity(cfg), "hydra.job.num": str(job.num), "hydra.overrides": redact_text(" ".join(job.overrides)),
+            CONFIG_HASH_TAG: key}
     parent = None
     if job.multirun:
         sweep = read_sweep(job.sweep_dir) or {}
@@ -115,17 +123,31 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     train_set, test_set = datasets(cfg.dataset, processed, x, y, x_eval, y_eval, (trained_on, evaluated_on))
     steps: list[StepLog] = []
     trainer = partial(fit_gradient_tape, steps=steps) if cfg.trainer.name == TrainerName.gradient_tape else fit_compiled
+    checkpoint = Checkpoint(job.dir, key) if checkpoint_enabled(cfg.trainer.checkpoint) else None
+    saved = checkpoint.load() if checkpoint else None
+    done: list[dict[str, float]] = saved[0].history if saved else []
+    if saved:
+        restore(model, saved[1])
+        tags[RESUMED_TAG] = str(len(done))
 
-    with tracked_run(cfg.tracking, root, found_by="train", run_name=run_name, tags=tags, parent_run_id=parent) as run:
+    with _checkpoint_ends_with_divergence(checkpoint), \
+            tracked_run(cfg.tracking, root, found_by="train", run_name=run_name, tags=tags, parent_run_id=parent,
+                        resume_run_id=saved[0].run_id if saved else None) as run:
         run_log = RunLog(run.info.run_id)
-        run_log.log_params(params)
-        store_call("log the datasets", mlflow.log_inputs, datasets=[train_set, test_set],
-                   contexts=["training", "evaluation"], tags_list=[None, None])
-        log.info("training %s: %s head, %s %s, %s trainer, %d examples, run %s", run_name, cfg.model.head,
-                 cfg.dataset, cfg.task, cfg.trainer.name, len(x), run.info.run_id)
+        if saved:
+            _log_missing_epochs(run_log, done)
+            log.info("resuming %s after epoch %d of %d, run %s", run_name, len(done), cfg.trainer.epochs,
+                     run.info.run_id)
+        else:
+            run_log.log_params(params)
+            store_call("log the datasets", mlflow.log_inputs, datasets=[train_set, test_set],
+                       contexts=["training", "evaluation"], tags_list=[None, None])
+            log.info("training %s: %s head, %s %s, %s trainer, %d examples, run %s", run_name, cfg.model.head,
+                     cfg.dataset, cfg.task, cfg.trainer.name, len(x), run.info.run_id)
+        saver = EpochCheckpoint(checkpoint, run.info.run_id, done, cfg.trainer.max_loss) if checkpoint else None
         start = time.perf_counter()
         try:
-            history = trainer(model, x, y, cfg, run_log)
+            history = done + trainer(model, x, y, cfg, run_log, initial_epoch=len(done), saver=saver)
         except BaseException:
             _flush_after_error(run_log)  # the epochs before the failure still reach the run
             raise
@@ -155,6 +177,8 @@ def train(cfg: Config, root: Path, job: Job) -> float:
             store_call("tag the run", mlflow.set_tag, "logitlab.registered", f"{version.name}/{version.version}")
             log.info("registered %s version %s as @%s; @champion is @%s", version.name, version.version,
                      version.alias, version.champion)
+    if checkpoint:
+        checkpoint.clear()  # the run is complete: a relaunch in this folder starts afresh
     log.info("%s test: %s", run_name, ", ".join(f"{k}={result.metrics[k]:.6g}" for k in (
         "test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max")))
     log.info("run %s: %s", run.info.run_id, runs_link(run.info.experiment_id))
@@ -172,6 +196,30 @@ def write_outputs(files: Files, model: Any, history: list[dict[str, float]], res
     write_json(files.metrics, result.metrics)
     write_text(files.history, history_tsv(history))
     write_json(files.predictions, predictions)
+
+
+@contextlib.contextmanager
+def _checkpoint_ends_with_divergence(checkpoint: Checkpoint | None) -> Iterator[None]:
+    """A diverged run is over: its checkpoint goes, so running the job again starts afresh (an
+    interrupted one keeps it, to resume)."""
+    try:
+        yield
+    except Diverged:
+        if checkpoint:
+            checkpoint.clear()
+        raise
+
+
+def _log_missing_epochs(run_log: RunLog, done: list[dict[str, float]]) -> None:
+    """The checkpoint's epochs that never reached the run (the job was killed between saving an
+    epoch and its metrics reaching the store): each epoch is in the run exactly once."""
+    import mlflow
+
+    logged = {m.step for m in store_call("read the run's epochs", mlflow.MlflowClient().get_metric_history,
+                                         run_log.run_id, "loss")}
+    for epoch, logs in enumerate(done):
+        if epoch not in logged:
+            run_log.log(logs, step=epoch)
 
 
 def _flush_after_error(run_log: RunLog) -> None:

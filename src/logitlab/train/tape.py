@@ -34,11 +34,13 @@ class StepLog:
     seen: int         # training examples seen so far
 
 
-def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
-                      metrics: RunLog | None, steps: list[StepLog] | None = None) -> list[dict[str, float]]:
-    """The reference notebook's loop, on the model's compiled loss and optimizer; returns each epoch's
-    metrics (and appends each logged step to `steps`), and raises Diverged after the first epoch
-    whose loss diverged."""
+def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config, metrics: RunLog | None, *,
+                      steps: list[StepLog] | None = None, initial_epoch: int = 0,
+                      saver: keras.callbacks.Callback | None = None) -> list[dict[str, float]]:
+    """The reference notebook's loop, on the model's compiled loss and optimizer, from
+    `initial_epoch`, `saver` called at each epoch's end before its metrics are logged; returns each
+    epoch's metrics (and appends each logged step to `steps`), and raises Diverged after the first
+    epoch whose loss diverged."""
     trainer = cfg.trainer
     n_train = training_examples(len(x), trainer.validation_split)  # the last fraction is validation, as in Keras
     n_val = len(x) - n_train
@@ -79,9 +81,11 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
     x_val, y_val = tf.constant(x[n_train:]), tf.constant(y[n_train:])
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     every = trainer.log_every_n_steps
-    step = 0
+    step = initial_epoch * steps_per_epoch
     history = []
-    for epoch in range(trainer.epochs):
+    if saver:
+        saver.set_model(model)
+    for epoch in range(initial_epoch, trainer.epochs):
         start = time.perf_counter()
         accuracy.reset_state()
         mean_loss.reset_state()
@@ -105,6 +109,8 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
             val = validate(x_val, y_val)
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         check_interrupted()
+        if saver:
+            saver.on_epoch_end(epoch, logs)
         if metrics:
             if step_metrics:  # one call per epoch, not one per step
                 metrics.log_batch(f"log epoch {epoch} step metrics", step_metrics)

@@ -1,0 +1,123 @@
+"""Jobs that resume where they stopped: a checkpoint after every epoch (weights, optimizer state, the
+epochs so far, the run's id); a job started again in its folder continues the same MLflow run."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import ROOT, app, runs_of, subprocess_env
+from logitlab.model.build import build_model, compile_model
+from logitlab.train.checkpoint import CHECKPOINT_DIR, Checkpoint, enabled, restore
+
+
+def _model(precision="float32"):
+    keras.utils.set_random_seed(0)
+    model = build_model(2, 3, [4], "logit", precision=precision)
+    return compile_model(model, "logit", 0.01, precision=precision)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_a_checkpoint_restores_weights_and_optimizer_state(tmp_path, precision):
+    x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = np.arange(64) % 3
+    trained = _model(precision)
+    trained.fit(x, y, epochs=2, verbose=0)
+    Checkpoint(tmp_path, "k").save(trained, "run-1", [{"loss": 1.0}, {"loss": 0.5}])
+
+    fresh = _model(precision)
+    state, arrays = Checkpoint(tmp_path, "k").load()
+    assert state.run_id == "run-1" and state.history == [{"loss": 1.0}, {"loss": 0.5}]
+    restore(fresh, arrays)
+    for a, b in zip(trained.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert [np.asarray(v).tolist() for v in trained.optimizer.variables] == \
+        [np.asarray(v).tolist() for v in fresh.optimizer.variables], "Adam's moments and step count (and a loss scale)"
+    trained.fit(x, y, epochs=1, verbose=0, shuffle=False)
+    fresh.fit(x, y, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(trained.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the next epoch is the same epoch
+
+
+def test_a_checkpoint_of_another_config_or_a_damaged_one_is_not_resumed(tmp_path):
+    Checkpoint(tmp_path, "k").save(_model(), "run-1", [])
+    assert Checkpoint(tmp_path, "other").load() is None
+    (tmp_path / CHECKPOINT_DIR / "state.npz").write_bytes(b"PK\x03\x04 not a zip")
+    assert Checkpoint(tmp_path, "k").load() is None
+    assert Checkpoint(tmp_path / "nowhere", "k").load() is None
+
+
+def test_checkpointing_is_on_inside_a_slurm_job_by_default(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert not enabled("auto") and enabled(True) and not enabled(False)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert enabled("auto") and not enabled(False)
+
+
+def _epochs_logged(db: Path) -> list[int]:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return [r[0] for r in con.execute("SELECT step FROM metrics WHERE key = 'loss' ORDER BY step")]
+    except sqlite3.Error:
+        return []
+
+
+@pytest.mark.slow
+def test_a_job_killed_mid_training_resumes_its_run_and_ends_as_an_uninterrupted_one(tmp_path):
+    from helpers import tiny_blobs
+
+    data = [o for o in tiny_blobs(tmp_path) if "n_samples" not in o]
+    from logitlab.data.preprocess import fetch, preprocess
+    from logitlab.schema import compose
+
+    big = [*data, "datasets.blobs.fetch.n_samples=20000"]  # ~1 s an epoch in batches of 8: time to be killed
+    cfg = compose(ROOT, big)
+    fetch(cfg, ROOT)
+    preprocess(cfg, ROOT)
+    db = tmp_path / "mlflow.db"
+    common = [*big, "model.head=logit", "trainer.epochs=8", "trainer.batch_size=8", "trainer.verbose=0",
+              f"tracking.uri='sqlite:///{db}'"]
+    job = [*common, "trainer.checkpoint=true", f"hydra.run.dir={tmp_path / 'job'}"]
+    env = subprocess_env()
+
+    first = subprocess.Popen(app("train", *job), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(_epochs_logged(db)) < 3 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.poll() is None, "the job ended before it could be killed: " + first.stderr.read()[-2000:]
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=120)
+    [killed] = runs_of(f"sqlite:///{db}")
+    assert killed.info.status == "KILLED" and (tmp_path / "job" / CHECKPOINT_DIR / "state.npz").is_file()
+    done = len(_epochs_logged(db))
+    assert 3 <= done < 8
+
+    again = subprocess.run(app("train", *job), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [run] = runs_of(f"sqlite:///{db}")
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert "logitlab.status_reason" not in run.data.tags
+    resumed = int(run.data.tags["logitlab.resumed_after_epoch"])
+    assert done - 1 <= resumed <= done  # the epoch in flight when killed may have been saved or not
+    assert _epochs_logged(db) == list(range(8)), "every epoch once"
+    assert not (tmp_path / "job" / CHECKPOINT_DIR).exists(), "a finished job deletes its checkpoint"
+    history = (tmp_path / "job" / "history.tsv").read_text().splitlines()
+    assert len(history) == 1 + 8
+
+    straight_db = tmp_path / "straight.db"
+    straight = subprocess.run(app("train", *common[:-1], f"tracking.uri='sqlite:///{straight_db}'",
+                                  "trainer.checkpoint=false", f"hydra.run.dir={tmp_path / 'straight'}"),
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    [uninterrupted] = runs_of(f"sqlite:///{straight_db}")
+    for key in ("test_loss", "test_accuracy", "output_max"):
+        assert run.data.metrics[key] == uninterrupted.data.metrics[key], f"{key}: resumed bit for bit"
+    assert run.data.tags["logitlab.config_hash"] == uninterrupted.data.tags["logitlab.config_hash"]
