@@ -3,6 +3,7 @@ epochs so far, the run's id); a job started again in its folder continues the sa
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -121,3 +122,51 @@ def test_a_job_killed_mid_training_resumes_its_run_and_ends_as_an_uninterrupted_
     for key in ("test_loss", "test_accuracy", "output_max"):
         assert run.data.metrics[key] == uninterrupted.data.metrics[key], f"{key}: resumed bit for bit"
     assert run.data.tags["logitlab.config_hash"] == uninterrupted.data.tags["logitlab.config_hash"]
+
+
+def _finished(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                               "WHERE t.key = 'logitlab.config_hash' AND r.status = 'FINISHED'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "parallel"])
+def test_a_sweep_killed_halfway_and_relaunched_with_resume_runs_exactly_the_missing_jobs(tmp_path, launcher):
+    from helpers import tiny_blobs
+
+    db = tmp_path / "mlflow.db"
+    sweep_dir = tmp_path / "sweep"
+    cmd = app("train", "-m", f"hydra/launcher={launcher}", *tiny_blobs(tmp_path), "model.head=softmax,logit,softmax_strict",
+              "seed=0,1", "trainer.epochs=3", "trainer.verbose=0", f"tracking.uri='sqlite:///{db}'",
+              f"hydra.sweep.dir={sweep_dir}")
+    env = subprocess_env()
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 600
+    while _finished(db) < 2 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert first.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(first.pid, signal.SIGKILL)  # the launcher and whatever worker processes it started
+    first.wait(timeout=60)
+    before = {r.data.tags["logitlab.config_hash"]: r.info.run_id for r in runs_of(f"sqlite:///{db}")
+              if r.info.status == "FINISHED" and "logitlab.config_hash" in r.data.tags}
+    assert 2 <= len(before) < 6
+
+    again = subprocess.run([*cmd, "sweep.resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(before)} job(s) skipped, finished before (sweep.resume=true)" in again.stderr
+    runs = runs_of(f"sqlite:///{db}")
+    [parent] = [r for r in runs if r.data.tags.get("logitlab.kind") == "sweep" and r.info.status == "FINISHED"]
+    ran = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.data.metrics["jobs_skipped"] == len(before) and parent.data.metrics["jobs_finished"] == len(ran)
+    assert len(ran) == 6 - len(before), "exactly the missing jobs ran"
+    assert not {r.data.tags["logitlab.config_hash"] for r in ran} & set(before), "no finished job ran again"
+    finished = [r.data.tags["logitlab.config_hash"] for r in runs
+                if r.info.status == "FINISHED" and "logitlab.config_hash" in r.data.tags]
+    assert len(finished) == len(set(finished)) == 6, "every config finished once"
+    assert not any(r.info.status == "RUNNING" for r in runs), "the killed sweep's runs were reaped"

@@ -228,6 +228,11 @@ class EvaluateConf:
 
 
 @dataclass
+class SweepConf:
+    resume: bool = False  # skip every job whose config already has a FINISHED run in the experiment
+
+
+@dataclass
 class Config:
     datasets: DatasetsConf = field(default_factory=DatasetsConf)
     model: ModelConf = field(default_factory=ModelConf)
@@ -244,6 +249,7 @@ class Config:
     layout: Layout = Layout.job
     report: ReportConf = field(default_factory=ReportConf)
     evaluate: EvaluateConf = field(default_factory=EvaluateConf)
+    sweep: SweepConf = field(default_factory=SweepConf)
 
     # ------------------------------------------------------------------ derived, never configured
 
@@ -496,7 +502,7 @@ def run_params(cfg: Config) -> dict[str, str]:
 
 # What a run's config hash leaves out: where files go and runs are recorded, the other stages'
 # settings, and what only shows or saves progress; none of it changes what a job trains.
-NOT_HASHED = ("paths.", "tracking.", "layout", "pipeline.", "report.", "trainer.verbose", "trainer.checkpoint")
+NOT_HASHED = ("paths.", "tracking.", "layout", "pipeline.", "report.", "sweep.", "trainer.verbose", "trainer.checkpoint")
 
 
 def config_hash(cfg: Config) -> str:

@@ -8,7 +8,10 @@
 - a job that fails records one line under `<sweep dir>/.logitlab-failed/` and returns, so the other
   jobs go on (see `stages.entry`);
 - at the end it closes the parent run (FINISHED, or FAILED if any job failed) with job counts, prints
-  one line per failed job and exits 1 if there was any.
+  one line per failed job and exits 1 if there was any;
+- with sweep.resume=true, a job whose config hash already has a FINISHED run in the experiment is
+  skipped (recorded under `<sweep dir>/.logitlab-skipped/`, counted as `jobs_skipped`), and an optuna
+  study kept in a storage resumes with the trials still missing.
 A sweep launched twice, even into the same directory, makes two parent runs.
 """
 
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_FILE = ".logitlab-sweep.json"
 FAILED_DIR = ".logitlab-failed"
+SKIPPED_DIR = ".logitlab-skipped"
+CONFIG_HASH_TAG = "logitlab.config_hash"   # logitlab.schema.config_hash of a training run
 KIND_TAG = "logitlab.kind"
 SWEEP_TAG = "logitlab.sweep_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -84,10 +89,58 @@ def record_failure(sweep_dir: Path, num: int, overrides: list[str], message: str
            {"sweep_id": info.get("sweep_id"), "num": num, "overrides": overrides, "error": message})
 
 
-def failures(sweep_dir: Path, sweep_id: str | None) -> list[dict[str, Any]]:
-    folder = sweep_dir / FAILED_DIR
-    found = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
+def record_skip(sweep_dir: Path, num: int, overrides: list[str], run_id: str) -> None:
+    """One job of the sweep in `sweep_dir` skipped by sweep.resume: `run_id` had finished it."""
+    info = read_sweep(sweep_dir) or {}
+    write_json(sweep_dir / SKIPPED_DIR / f"{num}.json",
+               {"sweep_id": info.get("sweep_id"), "num": num, "overrides": overrides, "run_id": run_id})
+
+
+def _records(sweep_dir: Path, folder: str, sweep_id: str | None) -> list[dict[str, Any]]:
+    path = sweep_dir / folder
+    found = [json.loads(p.read_text()) for p in path.glob("*.json")] if path.is_dir() else []
     return sorted((f for f in found if f.get("sweep_id") == sweep_id), key=lambda f: f["num"])
+
+
+def failures(sweep_dir: Path, sweep_id: str | None) -> list[dict[str, Any]]:
+    return _records(sweep_dir, FAILED_DIR, sweep_id)
+
+
+def skips(sweep_dir: Path, sweep_id: str | None) -> list[dict[str, Any]]:
+    return _records(sweep_dir, SKIPPED_DIR, sweep_id)
+
+
+def finished_run(experiment_id: str, config_hash: str) -> Any:
+    """The latest FINISHED training run of this config in the experiment, or None."""
+    import mlflow
+
+    from logitlab.tracking.store import store_call
+
+    found = store_call("look for a finished run of this config", mlflow.MlflowClient().search_runs, [experiment_id],
+                       filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'",
+                       order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
+def _resume_optuna(config: DictConfig) -> None:
+    """sweep.resume with an optuna sweeper that keeps its study in a storage: run only the trials still
+    missing (the sweeper would run n_trials more; its study, loaded from the storage, has the rest)."""
+    from omegaconf import read_write
+
+    sweeper = config.hydra.sweeper
+    if "Optuna" not in str(sweeper.get("_target_", "")) or not sweeper.get("storage"):
+        return
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=sweeper.study_name, storage=str(sweeper.storage))
+    except KeyError:  # no such study yet: a first launch
+        return
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    with read_write(config.hydra.sweeper):
+        sweeper.n_trials = max(0, int(sweeper.n_trials) - done)
+    log.info("optuna study %s resumed from %s: %d trial(s) complete, %d to go", sweeper.study_name, sweeper.storage,
+             done, sweeper.n_trials)
 
 
 class MlflowSweep(Callback):
@@ -130,17 +183,22 @@ class MlflowSweep(Callback):
             info["parent_run_id"] = parent.info.run_id
             log.info("sweep %s: parent run %s (%s)", sweep_id, parent.info.run_id, runs_link(experiment_id))
         write_json(sweep_dir / SWEEP_FILE, info)
+        if load(config).sweep.resume:
+            _resume_optuna(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         info = read_sweep(sweep_dir)
         if info is None:
             return
-        failed = failures(sweep_dir, info["sweep_id"])
+        failed, skipped = failures(sweep_dir, info["sweep_id"]), skips(sweep_dir, info["sweep_id"])
         exit_code = 1 if failed else 0
+        if skipped:
+            print(f"logitlab sweep {info['sweep_id']}: {len(skipped)} job(s) skipped, finished before "
+                  "(sweep.resume=true)", file=sys.stderr)
         if info.get("parent_run_id"):
             try:
-                self._close_parent(config, info["parent_run_id"], len(failed))
+                self._close_parent(config, info["parent_run_id"], len(failed), len(skipped))
             except RunFailed as exc:  # the store went away: the parent stays RUNNING until reaped
                 print(f"logitlab sweep {info['sweep_id']}: error: {exc}", file=sys.stderr)
                 exit_code = exc.exit_code
@@ -154,7 +212,7 @@ class MlflowSweep(Callback):
             sys.exit(exit_code)
 
     @staticmethod
-    def _close_parent(config: DictConfig, parent_run_id: str, n_failed: int) -> None:
+    def _close_parent(config: DictConfig, parent_run_id: str, n_failed: int, n_skipped: int) -> None:
         import mlflow
 
         from logitlab.schema import load
@@ -169,6 +227,7 @@ class MlflowSweep(Callback):
         counts = {s: statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
         metrics = {f"jobs_{s.lower()}": float(n) for s, n in counts.items()}
         metrics["jobs_failed_before_run"] = float(max(0, n_failed - counts["FAILED"] - counts["KILLED"]))
+        metrics["jobs_skipped"] = float(n_skipped)
         store_call("log the sweep's counts", client.log_batch, parent_run_id,
                             metrics=[_metric(k, v) for k, v in metrics.items()])
         ok = n_failed == 0 and counts["FINISHED"] == len(statuses)

@@ -43,7 +43,7 @@ from logitlab.files import (
 from logitlab.schema import Config, EvaluateOn, Layout, TrainerName, TrainOn, config_hash, run_params
 from logitlab.serving.pyfunc import log_model
 from logitlab.serving.registry import register
-from logitlab.sweep import SWEEP_TAG, Job, read_sweep
+from logitlab.sweep import CONFIG_HASH_TAG, SWEEP_TAG, Job, finished_run, read_sweep, record_skip
 from logitlab.tracking.lineage import datasets, dvc_experiment_tags
 from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.runs import RunLog, open_store, tracked_run
@@ -56,7 +56,6 @@ from logitlab.train.tape import StepLog, fit_gradient_tape
 log = logging.getLogger(__name__)
 
 HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE = "history.tsv", "metrics.json", "predictions.json"
-CONFIG_HASH_TAG = "logitlab.config_hash"   # logitlab.schema.config_hash: what the run trains
 RESUMED_TAG = "logitlab.resumed_after_epoch"  # a requeued job that took its run up again
 
 
@@ -100,12 +99,20 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     processed = require(cfg.path(root, "processed"), remake_processed(cfg.dataset))
     # A damaged file fails before the store is touched; then the examples trained on and evaluated on.
     data = splits(load_processed(processed, cfg.dataset), cfg.trainer.train_on, cfg.evaluate.split)
-    open_store(cfg.tracking, root, "the train stage")  # and a store that does not answer fails now
+    experiment_id = open_store(cfg.tracking, root, "the train stage")  # a store that does not answer fails now
+    key = config_hash(cfg)
+    if cfg.sweep.resume:
+        done = finished_run(experiment_id, key)
+        if done is not None:
+            if job.multirun:
+                record_skip(job.sweep_dir, job.num, job.overrides, done.info.run_id)
+            log.info("skipped: run %s finished this config (%s) before (sweep.resume=true)", done.info.run_id, key)
+            metrics = done.data.metrics
+            return float(metrics.get("val_loss", metrics.get("loss", float("nan"))))
     model, x, y = prepare(cfg, data)
     if cfg.trainer.train_on == TrainOn.all and cfg.evaluate.split == EvaluateOn.test:
         log.warning("trainer.train_on=all trains on the test split too: its test metrics are not held out")
 
-    key = config_hash(cfg)
     tags = {**identity(cfg), "hydra.job.num": str(job.num), "hydra.overrides": redact_text(" ".join(job.overrides)),
             CONFIG_HASH_TAG: key}
     parent = None
