@@ -170,3 +170,42 @@ def test_a_sweep_killed_halfway_and_relaunched_with_resume_runs_exactly_the_miss
                 if r.info.status == "FINISHED" and "logitlab.config_hash" in r.data.tags]
     assert len(finished) == len(set(finished)) == 6, "every config finished once"
     assert not any(r.info.status == "RUNNING" for r in runs), "the killed sweep's runs were reaped"
+
+
+@pytest.mark.slow
+def test_a_killed_optuna_search_resumes_its_study_with_the_trials_still_missing(tmp_path):
+    import optuna
+
+    from helpers import tiny_blobs
+
+    db = tmp_path / "mlflow.db"
+    sweep_dir = tmp_path / "sweep"
+    cmd = app("train", "-m", "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1",
+              *tiny_blobs(tmp_path), "trainer.epochs=2", "trainer.verbose=0", f"tracking.uri='sqlite:///{db}'",
+              f"hydra.sweep.dir={sweep_dir}")
+    env = subprocess_env()
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while _finished(db) < 2 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert first.poll() is None, "the search ended before it could be killed"
+    first.kill()
+    first.wait(timeout=60)
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    complete = optuna.trial.TrialState.COMPLETE
+    done = sum(t.state == complete for t in optuna.load_study(study_name="logitlab-lr", storage=storage).trials)
+    assert 2 <= done < 4
+
+    again = subprocess.run([*cmd, "sweep.resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{done} trial(s) complete, {4 - done} to go" in again.stdout + again.stderr
+    study = optuna.load_study(study_name="logitlab-lr", storage=storage)
+    assert sum(t.state == complete for t in study.trials) == 4, "the study picked up where it stopped"
+    rates = [t.params["optimizer.lr"] for t in study.trials if t.state == complete]
+    assert len(set(rates)) == 4, "the resumed trials are new points"
+    assert "skipped" not in again.stderr
+    assert (sweep_dir / "optimization_results.yaml").is_file()
+    runs = runs_of(f"sqlite:///{db}")
+    [parent] = [r for r in runs if r.data.tags.get("logitlab.kind") == "sweep" and r.info.status == "FINISHED"]
+    assert parent.data.metrics["jobs_finished"] == 4 - done

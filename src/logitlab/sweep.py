@@ -122,23 +122,65 @@ def finished_run(experiment_id: str, config_hash: str) -> Any:
     return found[0] if found else None
 
 
-def _resume_optuna(config: DictConfig) -> None:
-    """sweep.resume with an optuna sweeper that keeps its study in a storage: run only the trials still
-    missing (the sweeper would run n_trials more; its study, loaded from the storage, has the rest)."""
-    from omegaconf import read_write
-
+def _optuna_storage(config: DictConfig) -> str | None:
     sweeper = config.hydra.sweeper
     if "Optuna" not in str(sweeper.get("_target_", "")) or not sweeper.get("storage"):
+        return None
+    return str(sweeper.storage)
+
+
+def prepare_optuna_storage(url: str) -> None:
+    """Create optuna's tables in `url` and stamp their schema version, committed. optuna 2.10 (the
+    newest hydra-optuna-sweeper accepts) stamps it on a connection it never commits, which SQLAlchemy
+    2 rolls back: every later open of the storage then fails its schema check (`assert version is not
+    None`). Done before the sweeper opens the storage; a storage already stamped is left alone."""
+    import alembic.migration
+    import optuna
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _VersionManager
+    from sqlalchemy.orm import Session
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        models.BaseModel.metadata.create_all(engine)
+        with Session(engine) as session:
+            if models.VersionInfoModel.find(session) is None:
+                session.add(models.VersionInfoModel(schema_version=models.SCHEMA_VERSION,
+                                                    library_version=optuna.__version__))
+                session.commit()
+        versions = _VersionManager.__new__(_VersionManager)  # only for its alembic script
+        versions.url = url
+        script = versions._create_alembic_script()
+        with engine.begin() as connection:  # committed on leaving
+            context = alembic.migration.MigrationContext.configure(connection)
+            if context.get_current_revision() is None:
+                context.stamp(script, script.get_current_head())
+    finally:
+        engine.dispose()
+
+
+def _resume_optuna(config: DictConfig) -> None:
+    """sweep.resume with an optuna sweeper that keeps its study in a storage: run only the trials still
+    missing (the sweeper would run n_trials more; its study, loaded from the storage, has the rest),
+    with the sampler's seed moved on, so the new trials are new points."""
+    from omegaconf import read_write
+
+    sweeper, storage = config.hydra.sweeper, _optuna_storage(config)
+    if storage is None:
         return
     import optuna
 
     try:
-        study = optuna.load_study(study_name=sweeper.study_name, storage=str(sweeper.storage))
+        study = optuna.load_study(study_name=sweeper.study_name, storage=storage)
     except KeyError:  # no such study yet: a first launch
         return
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     with read_write(config.hydra.sweeper):
         sweeper.n_trials = max(0, int(sweeper.n_trials) - done)
+        if sweeper.get("sampler") and sweeper.sampler.get("seed") is not None:
+            # A sampler seeded as before would propose the first trials' values again.
+            sweeper.sampler.seed = int(sweeper.sampler.seed) + len(study.trials)
     log.info("optuna study %s resumed from %s: %d trial(s) complete, %d to go", sweeper.study_name, sweeper.storage,
              done, sweeper.n_trials)
 
@@ -183,6 +225,9 @@ class MlflowSweep(Callback):
             info["parent_run_id"] = parent.info.run_id
             log.info("sweep %s: parent run %s (%s)", sweep_id, parent.info.run_id, runs_link(experiment_id))
         write_json(sweep_dir / SWEEP_FILE, info)
+        storage = _optuna_storage(config)
+        if storage and storage.startswith("sqlite:"):
+            prepare_optuna_storage(storage)
         if load(config).sweep.resume:
             _resume_optuna(config)
 
