@@ -131,12 +131,13 @@ def app(stage: str, *args: str) -> list[str]:
     return [PYTHON, str(ROOT / "pipelines" / f"{stage}.py"), *args]
 
 
-def tiny_blobs(tmp: Path) -> list[str]:
-    """Fetch and preprocess 200 blobs under `tmp`, in this process; returns the overrides that use them."""
+def tiny_blobs(tmp: Path, n_samples: int = 200) -> list[str]:
+    """Fetch and preprocess `n_samples` blobs under `tmp`, in this process; returns the overrides that
+    use them."""
     from logitlab.data.preprocess import fetch, preprocess
     from logitlab.schema import compose
 
-    overrides = ["dataset=blobs", "datasets.blobs.fetch.n_samples=200", f"paths.raw={tmp / 'raw'}",
+    overrides = ["dataset=blobs", f"datasets.blobs.fetch.n_samples={n_samples}", f"paths.raw={tmp / 'raw'}",
                  f"paths.processed={tmp / 'processed'}"]
     cfg = compose(ROOT, overrides)
     fetch(cfg, ROOT)

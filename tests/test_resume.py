@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import ROOT, app, runs_of, subprocess_env
+from helpers import app, runs_of, subprocess_env
 from logitlab.model.build import build_model, compile_model
 from logitlab.train.checkpoint import CHECKPOINT_DIR, Checkpoint, enabled, restore
 
@@ -74,14 +74,7 @@ def _epochs_logged(db: Path) -> list[int]:
 def test_a_job_killed_mid_training_resumes_its_run_and_ends_as_an_uninterrupted_one(tmp_path):
     from helpers import tiny_blobs
 
-    data = [o for o in tiny_blobs(tmp_path) if "n_samples" not in o]
-    from logitlab.data.preprocess import fetch, preprocess
-    from logitlab.schema import compose
-
-    big = [*data, "datasets.blobs.fetch.n_samples=20000"]  # ~1 s an epoch in batches of 8: time to be killed
-    cfg = compose(ROOT, big)
-    fetch(cfg, ROOT)
-    preprocess(cfg, ROOT)
+    big = tiny_blobs(tmp_path, n_samples=20000)  # ~1 s an epoch in batches of 8: time to be killed
     db = tmp_path / "mlflow.db"
     common = [*big, "model.head=logit", "trainer.epochs=8", "trainer.batch_size=8", "trainer.verbose=0",
               f"tracking.uri='sqlite:///{db}'"]

@@ -81,3 +81,97 @@ def test_a_sweep_on_the_cluster_lands_every_job_as_a_child_run_and_a_failure_as_
     states = cluster.run("sacct", "-n", "-X", "-j", jobs.pop(), "-o", "State").stdout.split()
     assert states == ["COMPLETED"] * 8, "a failed job is a FAILED run, not a crashed SLURM task"
     assert not cluster.jobs()
+
+
+def _slurm_cmd(cluster, server, sweep_dir, *overrides):
+    return app("train", "-m", "hydra/launcher=slurm", "tracking=server", f"tracking.uri={server['url']}",
+               f"hydra.launcher.partition={cluster.partition}", "hydra.launcher.cpus_per_task=1",
+               "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}",
+               "trainer.verbose=0", *overrides)
+
+
+def _wait_for(what, condition, proc, timeout=600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        assert proc.poll() is None, f"the sweep ended before {what}: {proc.stderr.read()[-3000:]}"
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_requeued_job_resumes_its_run_and_ends_as_the_uninterrupted_one(cluster, server, tmp_path):
+    """Two heads that train bit-identically at float32 (Keras hands the softmax head's logits to the
+    loss); the softmax job is requeued mid-training with `scontrol requeue` and resumes its run."""
+    data = tiny_blobs(tmp_path, n_samples=20000)  # ~1 s an epoch in batches of 8
+    experiment = f"requeue-{tmp_path.name}"
+    cmd = _slurm_cmd(cluster, server, tmp_path / "sweep", *data, "model.head=softmax,logit", "trainer.epochs=8",
+                     "trainer.batch_size=8", f"tracking.experiment={experiment}")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(**cluster.env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    import mlflow
+
+    client = mlflow.MlflowClient(server["url"])
+
+    def softmax_at_epoch_3():
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id], "tags.head = 'softmax'") if found else []
+        return runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3 and runs[0]
+
+    run = _wait_for("the softmax job's third epoch", softmax_at_epoch_3, proc)
+    cluster.run("scontrol", "requeue", run.data.tags["slurm.job_id"])
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:] + cluster.logs()
+
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    children = {r.data.tags["head"]: r for r in runs if "head" in r.data.tags}
+    assert len(children) == 2 and len(runs) == 3, "no second run for the requeued job"
+    softmax, logit = children["softmax"], children["logit"]
+    assert softmax.info.run_id == run.info.run_id and softmax.info.status == "FINISHED"
+    assert softmax.data.tags["slurm.restart_count"] == "1" and int(softmax.data.tags["logitlab.resumed_after_epoch"]) >= 2
+    assert [m.step for m in client.get_metric_history(softmax.info.run_id, "loss")] == list(range(8)), "each epoch once"
+    assert [m.step for m in client.get_metric_history(logit.info.run_id, "loss")] == list(range(8))
+    assert softmax.data.metrics["test_loss"] == logit.data.metrics["test_loss"], "resumed bit for bit"
+    assert not list((tmp_path / "sweep").rglob(".logitlab-checkpoint")), "finished jobs drop their checkpoints"
+
+
+def test_a_cluster_sweep_killed_halfway_resumes_with_exactly_the_missing_jobs(cluster, server, tmp_path):
+    data = tiny_blobs(tmp_path)
+    experiment = f"resume-{tmp_path.name}"
+    cmd = _slurm_cmd(cluster, server, tmp_path / "sweep", *data, "model.head=softmax,logit,softmax_strict",
+                     "seed=0,1", "trainer.epochs=2", f"tracking.experiment={experiment}")
+    env = subprocess_env(**cluster.env)
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import mlflow
+
+    client = mlflow.MlflowClient(server["url"])
+
+    def two_finished():
+        found = client.get_experiment_by_name(experiment)
+        return found and len(client.search_runs([found.experiment_id], "attributes.status = 'FINISHED' and "
+                                                "tags.`logitlab.config_hash` != ''")) >= 2
+
+    _wait_for("two finished jobs", two_finished, first)
+    first.kill()  # the launcher dies; its jobs on the cluster are then cancelled (preempted, say)
+    first.wait(timeout=60)
+    cluster.run("scancel", "--full", "--user=root")
+    deadline = time.monotonic() + 120
+    while cluster.jobs() and time.monotonic() < deadline:
+        time.sleep(1)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    before = {r.data.tags["logitlab.config_hash"] for r in client.search_runs([exp_id], "attributes.status = 'FINISHED'")
+              if "logitlab.config_hash" in r.data.tags}
+    assert 2 <= len(before) < 6
+
+    again = subprocess.run([*cmd, "sweep.resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:] + cluster.logs()
+    runs = client.search_runs([exp_id], max_results=1000)
+    [parent] = [r for r in runs if r.data.tags.get("logitlab.kind") == "sweep" and r.info.status == "FINISHED"]
+    ran = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.data.metrics["jobs_skipped"] == len(before) and len(ran) == 6 - len(before)
+    assert not {r.data.tags["logitlab.config_hash"] for r in ran} & before, "no finished job ran again"
+    finished = [r.data.tags["logitlab.config_hash"] for r in runs
+                if r.info.status == "FINISHED" and "logitlab.config_hash" in r.data.tags]
+    assert len(finished) == len(set(finished)) == 6, "every config finished once"

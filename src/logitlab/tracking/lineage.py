@@ -45,6 +45,16 @@ def datasets(name: str, processed: Path, x_train: np.ndarray, y_train: np.ndarra
                      for split, x, y in ((splits[0], x_train, y_train), (splits[1], x_test, y_test)))
 
 
+# The SLURM job a run trained in: which job to requeue or cancel, and how often it was requeued.
+SLURM_ENV = {"slurm.job_id": "SLURM_JOB_ID", "slurm.array_job_id": "SLURM_ARRAY_JOB_ID",
+             "slurm.array_task_id": "SLURM_ARRAY_TASK_ID", "slurm.restart_count": "SLURM_RESTART_COUNT"}
+
+
+def slurm_tags() -> dict[str, str]:
+    """The SLURM job this process runs in, as run tags (nothing outside SLURM)."""
+    return {tag: os.environ[env] for tag, env in SLURM_ENV.items() if os.environ.get(env)}
+
+
 def dvc_experiment_tags() -> dict[str, str]:
     """The DVC experiment a stage runs in, as run tags (nothing outside `dvc exp run`)."""
     return {tag: os.environ[env] for tag, env in DVC_EXP_ENV.items() if os.environ.get(env)}

@@ -44,7 +44,7 @@ from logitlab.schema import Config, EvaluateOn, Layout, TrainerName, TrainOn, co
 from logitlab.serving.pyfunc import log_model
 from logitlab.serving.registry import register
 from logitlab.sweep import CONFIG_HASH_TAG, SWEEP_TAG, Job, finished_run, read_sweep, record_skip
-from logitlab.tracking.lineage import datasets, dvc_experiment_tags
+from logitlab.tracking.lineage import datasets, dvc_experiment_tags, slurm_tags
 from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.runs import RunLog, open_store, tracked_run
 from logitlab.tracking.store import runs_link, store_call
@@ -121,6 +121,7 @@ def train(cfg: Config, root: Path, job: Job) -> float:
         parent = sweep.get("parent_run_id")
         tags[SWEEP_TAG] = sweep.get("sweep_id", "")
     tags.update(dvc_experiment_tags())  # a `dvc exp run`: the experiment's name and baseline
+    tags.update(slurm_tags())  # a SLURM job: its id and restart count
     run_name = f"{cfg.variant}-{job.num}" if job.multirun else cfg.variant
     params = {k: redact_text(v) for k, v in run_params(cfg).items()}  # no password of a URI
 
