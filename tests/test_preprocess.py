@@ -73,3 +73,16 @@ def test_every_dataset_of_the_schema_has_a_fetcher_and_a_preprocessor():
     from logitlab.schema import DatasetsConf
 
     assert set(FETCHERS) == set(PREPROCESSORS) == set(DatasetsConf().names()) == {"mnist", "blobs"}
+
+
+def test_files_written_atomically_get_the_mode_open_would_give_them(tmp_path):
+    import os
+    import stat
+
+    from logitlab.files import write_json
+
+    mask = os.umask(0)
+    os.umask(mask)
+    path = write_json(tmp_path / "metrics.json", {"a": 1})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, "not mkstemp's owner-only 0600"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "no temporary file left"
