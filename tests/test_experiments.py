@@ -126,6 +126,7 @@ def _vector(text: str) -> np.ndarray:
     return np.array([float(v) for v in text.strip("[] ").split()])
 
 
+@pytest.mark.slow
 def test_a_blobs_notebook_run_fits_every_point_and_prints_as_the_notebook(tmp_path):
     data = tiny_blobs(tmp_path)  # 200 points
     cfg, client, run = _run(tmp_path, ["experiment=blobs_softmax", "model.head=logit", *data])
@@ -151,6 +152,7 @@ def test_a_blobs_notebook_run_fits_every_point_and_prints_as_the_notebook(tmp_pa
     np.testing.assert_array_equal(np.load(tmp_path / "job" / "outputs.npz")["labels"], raw["y"]), "in fetched order"
 
 
+@pytest.mark.slow
 def test_the_gradient_tape_notebook_run_prints_its_step_log_and_test_digits(tmp_path):
     from PIL import Image
 

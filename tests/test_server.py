@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import app, mlflow_server, postgres_database, subprocess_env, tiny_blobs
+from helpers import PG, accepts, app, mlflow_server, postgres_database, subprocess_env, tiny_blobs
 
 SECRETS = {"uri": "cli-s3cret", "backend": "pg-s3cret", "password_env": "env-s3cret", "token_env": "tok-s3cret",
            "aws_env": "aws-s3cret"}
@@ -36,6 +36,8 @@ def listening_addresses(port: int) -> set[str]:
 def backend(request, tmp_path):
     """A backend store URI: a fresh PostgreSQL database (dropped afterwards), or a SQLite file."""
     if request.param == "sqlite":
+        if accepts(PG["port"]):
+            pytest.skip("PostgreSQL answers on 127.0.0.1:5432: the server is tested on it (SQLite is the fallback)")
         yield f"sqlite:///{tmp_path / 'server.db'}"
         return
     with postgres_database(password=SECRETS["backend"]) as uri:

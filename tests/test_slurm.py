@@ -46,11 +46,11 @@ def test_the_cluster_runs_a_batch_job_with_accounting_and_stops_every_daemon():
 def test_a_sweep_on_the_cluster_lands_every_job_as_a_child_run_and_a_failure_as_failed(cluster, server, tmp_path):
     data = tiny_blobs(tmp_path)
     sweep_dir = tmp_path / "sweep"
-    # 4 learning rates x 2 heads: 8 array tasks; lr 1e9 diverges (2 jobs FAILED), the 6 others finish.
+    # 3 learning rates x 2 heads: 6 array tasks; lr 1e9 diverges (2 jobs FAILED), the 4 others finish.
     cmd = app("train", "-m", "hydra/launcher=slurm", "tracking=server", f"tracking.uri={server['url']}",
               f"hydra.launcher.partition={cluster.partition}", "hydra.launcher.cpus_per_task=1",
               "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}", *data,
-              "model.head=softmax,logit", "optimizer.lr=0.001,0.003,0.01,1e9", "trainer.epochs=2")
+              "model.head=softmax,logit", "optimizer.lr=0.001,0.01,1e9", "trainer.epochs=2")
     proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(**cluster.env), capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 1, proc.stderr[-4000:] + cluster.logs()
@@ -60,9 +60,9 @@ def test_a_sweep_on_the_cluster_lands_every_job_as_a_child_run_and_a_failure_as_
     runs = runs_of(server["url"])
     [parent] = [r for r in runs if r.data.tags.get("logitlab.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 8 and len(runs) == 9
+    assert len(children) == 6 and len(runs) == 7
     assert parent.data.tags["hydra.launcher"].endswith("SlurmLauncher") and parent.info.status == "FAILED"
-    assert parent.data.metrics["jobs_finished"] == 6 and parent.data.metrics["jobs_failed"] == 2
+    assert parent.data.metrics["jobs_finished"] == 4 and parent.data.metrics["jobs_failed"] == 2
     import mlflow
 
     client = mlflow.MlflowClient(server["url"])
@@ -75,11 +75,11 @@ def test_a_sweep_on_the_cluster_lands_every_job_as_a_child_run_and_a_failure_as_
             assert "test_accuracy" in run.data.metrics
 
     logs = sorted((sweep_dir / ".submitit").rglob("*_log.out"))
-    assert len(logs) == 8, "submitit's logs are in the sweep directory"
+    assert len(logs) == 6, "submitit's logs are in the sweep directory"
     jobs = {re.sub(r"_\d+$", "", p.parent.name) for p in logs}
     assert len(jobs) == 1, "one SLURM array"
     states = cluster.run("sacct", "-n", "-X", "-j", jobs.pop(), "-o", "State").stdout.split()
-    assert states == ["COMPLETED"] * 8, "a failed job is a FAILED run, not a crashed SLURM task"
+    assert states == ["COMPLETED"] * 6, "a failed job is a FAILED run, not a crashed SLURM task"
     assert not cluster.jobs()
 
 
@@ -101,12 +101,13 @@ def _wait_for(what, condition, proc, timeout=600):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_requeued_job_resumes_its_run_and_ends_as_the_uninterrupted_one(cluster, server, tmp_path):
-    """Two heads that train bit-identically at float32 (Keras hands the softmax head's logits to the
-    loss); the softmax job is requeued mid-training with `scontrol requeue` and resumes its run."""
-    data = tiny_blobs(tmp_path, n_samples=20000)  # ~1 s an epoch in batches of 8
+def test_a_requeued_job_resumes_its_run_with_every_epoch_once(cluster, server, tmp_path):
+    """The job is requeued mid-training with `scontrol requeue`: SLURM kills it and starts it again,
+    and it takes its run up again from its checkpoint (that it resumes bit for bit is
+    tests/test_resume.py's)."""
+    data = tiny_blobs(tmp_path, n_samples=10000)  # ~0.5 s an epoch in batches of 8
     experiment = f"requeue-{tmp_path.name}"
-    cmd = _slurm_cmd(cluster, server, tmp_path / "sweep", *data, "model.head=softmax,logit", "trainer.epochs=8",
+    cmd = _slurm_cmd(cluster, server, tmp_path / "sweep", *data, "model.head=softmax", "trainer.epochs=6",
                      "trainer.batch_size=8", f"tracking.experiment={experiment}")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(**cluster.env), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -114,26 +115,29 @@ def test_a_requeued_job_resumes_its_run_and_ends_as_the_uninterrupted_one(cluste
 
     client = mlflow.MlflowClient(server["url"])
 
-    def softmax_at_epoch_3():
+    def at_epoch_2():
         found = client.get_experiment_by_name(experiment)
         runs = client.search_runs([found.experiment_id], "tags.head = 'softmax'") if found else []
-        return runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3 and runs[0]
+        return runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2 and runs[0]
 
-    run = _wait_for("the softmax job's third epoch", softmax_at_epoch_3, proc)
-    cluster.run("scontrol", "requeue", run.data.tags["slurm.job_id"])
+    run = _wait_for("the job's second epoch", at_epoch_2, proc)
+    job_id = run.data.tags["slurm.job_id"]
+    cluster.run("scontrol", "requeue", job_id)
+    # SLURM holds a requeued job back (BeginTime, about two minutes): an operator's release, to save the wait.
+    _wait_for("the requeued job to be pending", lambda: cluster.run(
+        "squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip() == "PENDING", proc)
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:] + cluster.logs()
 
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    children = {r.data.tags["head"]: r for r in runs if "head" in r.data.tags}
-    assert len(children) == 2 and len(runs) == 3, "no second run for the requeued job"
-    softmax, logit = children["softmax"], children["logit"]
-    assert softmax.info.run_id == run.info.run_id and softmax.info.status == "FINISHED"
-    assert softmax.data.tags["slurm.restart_count"] == "1" and int(softmax.data.tags["logitlab.resumed_after_epoch"]) >= 2
-    assert [m.step for m in client.get_metric_history(softmax.info.run_id, "loss")] == list(range(8)), "each epoch once"
-    assert [m.step for m in client.get_metric_history(logit.info.run_id, "loss")] == list(range(8))
-    assert softmax.data.metrics["test_loss"] == logit.data.metrics["test_loss"], "resumed bit for bit"
-    assert not list((tmp_path / "sweep").rglob(".logitlab-checkpoint")), "finished jobs drop their checkpoints"
+    [job] = [r for r in runs if "head" in r.data.tags]
+    assert len(runs) == 2, "the sweep's parent and one run: none for the restart"
+    assert job.info.run_id == run.info.run_id and job.info.status == "FINISHED"
+    assert job.data.tags["slurm.restart_count"] == "1" and int(job.data.tags["logitlab.resumed_after_epoch"]) >= 1
+    assert [m.step for m in client.get_metric_history(job.info.run_id, "loss")] == list(range(6)), "each epoch once"
+    assert "test_accuracy" in job.data.metrics
+    assert not list((tmp_path / "sweep").rglob(".logitlab-checkpoint")), "a finished job drops its checkpoint"
 
 
 def test_a_cluster_sweep_killed_halfway_resumes_with_exactly_the_missing_jobs(cluster, server, tmp_path):

@@ -193,3 +193,30 @@ def test_the_model_is_a_logged_model_with_the_test_metrics_on_the_test_set(train
         {"field_name": "metrics.test_loss", "ascending": True}])
     assert [m.model_id for m in found] == [model.model_id]
     assert not trained.client.search_registered_models(), "a run outside the pipeline registers nothing by default"
+
+
+def test_an_insert_that_lost_a_race_is_asked_again(monkeypatch):
+    """Concurrent jobs logging one dataset to a server on PostgreSQL: one of them loses the insert
+    (seen on the SLURM sweep); asked again, the row is there."""
+    from mlflow.exceptions import MlflowException
+
+    from logitlab.tracking import store
+
+    monkeypatch.setitem(store._limits, "retries", 3)
+    monkeypatch.setitem(store._limits, "backoff", 0.01)
+    calls = []
+
+    def log_inputs():
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException('BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates '
+                                  'unique constraint "dataset_pk"')
+        return "linked"
+
+    assert store.store_call("log the datasets", log_inputs) == "linked" and len(calls) == 2
+
+    def refused():
+        raise MlflowException("INVALID_PARAMETER_VALUE: Changing param values is not allowed")
+
+    with pytest.raises(store.StoreUnavailable, match="Changing param values"):
+        store.store_call("log params", refused)  # not a race: reported at once

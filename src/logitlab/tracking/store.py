@@ -55,11 +55,17 @@ def client_limits(tracking: Any) -> tuple[int, float]:
 _limits = {"retries": 3, "backoff": 1.0}
 
 
+# Two writers inserting the same row at once: MLflow checks, then inserts (concurrent jobs logging
+# one dataset to a server on PostgreSQL collide on "dataset_pk"); asked again, it finds the row.
+INSERT_RACES = ("duplicate key value violates unique constraint", "unique constraint failed", "duplicate entry")
+
+
 def _busy(exc: BaseException) -> bool:
-    """A store that may answer if asked again: SQLite locked, a database briefly unavailable."""
+    """A store that may answer if asked again: SQLite locked, a database briefly unavailable, an
+    insert that lost a race to another writer."""
     text = str(exc).lower()
     return "locked" in text or "temporarily_unavailable" in text or "deadlock" in text or (
-        getattr(exc, "error_code", None) == "TEMPORARILY_UNAVAILABLE")
+        getattr(exc, "error_code", None) == "TEMPORARILY_UNAVAILABLE") or any(race in text for race in INSERT_RACES)
 
 
 def store_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
