@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import app, runs_of, subprocess_env
+from helpers import ROOT, app, runs_of, subprocess_env
 from logitlab.model.build import build_model, compile_model
 from logitlab.train.checkpoint import CHECKPOINT_DIR, Checkpoint, enabled, restore
 
@@ -202,3 +202,23 @@ def test_a_killed_optuna_search_resumes_its_study_with_the_trials_still_missing(
     runs = runs_of(f"sqlite:///{db}")
     [parent] = [r for r in runs if r.data.tags.get("logitlab.kind") == "sweep" and r.info.status == "FINISHED"]
     assert parent.data.metrics["jobs_finished"] == 4 - done
+
+
+def test_a_checkpoint_of_a_run_this_store_lacks_starts_afresh(tmp_path):
+    """The job folder's checkpoint belongs to a run in another store (tracking.uri changed): the job
+    trains from epoch 1 in a new run rather than fail."""
+    import mlflow
+
+    from helpers import tiny_blobs
+    from logitlab.schema import compose, config_hash
+    from logitlab.sweep import Job
+    from logitlab.train.stage import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose(ROOT, [*tiny_blobs(tmp_path), "trainer.epochs=2", "trainer.checkpoint=true", "trainer.verbose=0",
+                         f"tracking.uri='{uri}'"])
+    Checkpoint(tmp_path / "job", config_hash(cfg)).save(_model(), "0" * 32, [{"loss": 1.0}])
+    train(cfg, ROOT, Job(multirun=False, num=0, overrides=[], dir=tmp_path / "job", sweep_dir=tmp_path))
+    [run] = runs_of(uri)
+    assert run.info.status == "FINISHED" and "logitlab.resumed_after_epoch" not in run.data.tags
+    assert [m.step for m in mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "loss")] == [0, 1]

@@ -102,12 +102,12 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     experiment_id = open_store(cfg.tracking, root, "the train stage")  # a store that does not answer fails now
     key = config_hash(cfg)
     if cfg.sweep.resume:
-        done = finished_run(experiment_id, key)
-        if done is not None:
+        finished = finished_run(experiment_id, key)
+        if finished is not None:
             if job.multirun:
-                record_skip(job.sweep_dir, job.num, job.overrides, done.info.run_id)
-            log.info("skipped: run %s finished this config (%s) before (sweep.resume=true)", done.info.run_id, key)
-            metrics = done.data.metrics
+                record_skip(job.sweep_dir, job.num, job.overrides, finished.info.run_id)
+            log.info("skipped: run %s finished this config (%s) before (sweep.resume=true)", finished.info.run_id, key)
+            metrics = finished.data.metrics
             return float(metrics.get("val_loss", metrics.get("loss", float("nan"))))
     model, x, y = prepare(cfg, data)
     if cfg.trainer.train_on == TrainOn.all and cfg.evaluate.split == EvaluateOn.test:
@@ -133,6 +133,9 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     trainer = partial(fit_gradient_tape, steps=steps) if cfg.trainer.name == TrainerName.gradient_tape else fit_compiled
     checkpoint = Checkpoint(job.dir, key) if checkpoint_enabled(cfg.trainer.checkpoint) else None
     saved = checkpoint.load() if checkpoint else None
+    if saved and not _run_exists(saved[0].run_id):
+        log.warning("checkpoint of run %s, which this store does not have: starting from epoch 1", saved[0].run_id)
+        saved = None
     done: list[dict[str, float]] = saved[0].history if saved else []
     if saved:
         restore(model, saved[1])
@@ -216,6 +219,18 @@ def _checkpoint_ends_with_divergence(checkpoint: Checkpoint | None) -> Iterator[
         if checkpoint:
             checkpoint.clear()
         raise
+
+
+def _run_exists(run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def _log_missing_epochs(run_log: RunLog, done: list[dict[str, float]]) -> None:
