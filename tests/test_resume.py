@@ -204,6 +204,7 @@ def test_a_killed_optuna_search_resumes_its_study_with_the_trials_still_missing(
     assert parent.data.metrics["jobs_finished"] == 4 - done
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_a_run_this_store_lacks_starts_afresh(tmp_path):
     """The job folder's checkpoint belongs to a run in another store (tracking.uri changed): the job
     trains from epoch 1 in a new run rather than fail."""
