@@ -115,7 +115,7 @@ def differences(runs: pd.DataFrame, base: str = BASE_HEAD) -> pd.DataFrame:
                        seeds=len(seeds))
             for metric in DIFF_METRICS:
                 d = (by_head[base].loc[seeds, f"metrics.{metric}"] - g.loc[seeds, f"metrics.{metric}"]).astype(float)
-                half = interval(pd.Series([d.std(ddof=1)]), pd.Series([d.count()]))[0]
+                half = interval(d.std(ddof=1), d.count())
                 row.update({f"{metric}_diff": d.mean(), f"{metric}_ci95": half,
                             f"{metric}_excludes_0": bool(pd.notna(half) and abs(d.mean()) > half)})
             rows.append(row)

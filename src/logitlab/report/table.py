@@ -113,9 +113,7 @@ def one_per_group(runs: pd.DataFrame) -> pd.DataFrame:
     """One run per variant and config, the lowest seed's, with `label` (run_label plus that seed and the
     group's seed count): a picture never shows two configs under one name, nor hides that seeds exist."""
     keys = [*VARIANT, CONFIG]
-    runs = complete(runs.copy())
-    if CONFIG not in runs:
-        runs = with_config(runs)
+    runs = _prepared(runs)
     runs = runs.assign(_seed=pd.to_numeric(runs["params.seed"], errors="coerce"))
     counts = runs.groupby(keys, dropna=False, sort=False)["run_id"].transform("size")
     runs = runs.assign(_seeds=counts).sort_values("_seed", kind="stable")
@@ -123,6 +121,13 @@ def one_per_group(runs: pd.DataFrame) -> pd.DataFrame:
     labels = [run_label(r) + (f" (seed {r['params.seed']} of {r['_seeds']})" if r["_seeds"] > 1 else "")
               for _, r in first.iterrows()]
     return first.drop(columns=["_seed", "_seeds"]).assign(label=labels)
+
+
+def _prepared(runs: pd.DataFrame) -> pd.DataFrame:
+    """A copy with every column complete (runs logged before a key existed have it at its default)
+    and the config labels, unless the caller made them already."""
+    runs = complete(runs.copy())
+    return runs if CONFIG in runs else with_config(runs)
 
 
 def complete(runs: pd.DataFrame) -> pd.DataFrame:
@@ -139,9 +144,7 @@ def complete(runs: pd.DataFrame) -> pd.DataFrame:
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant and config: its identity, seeds, and each metric's mean, std and the
     half-width of its 95% confidence interval over seeds (Student's t; NaN for one seed)."""
-    runs = complete(runs.copy())  # runs logged before a key existed have it at its default
-    if CONFIG not in runs:
-        runs = with_config(runs)
+    runs = _prepared(runs)
     renamed = runs.rename(columns={**VARIANT, "params.seed": "seed", "tags.numerics.train_loss_path": "train_loss_path",
                                    **{f"metrics.{m}": m for m in METRICS}})
     keys = [*VARIANT.values(), CONFIG]
