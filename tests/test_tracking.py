@@ -94,6 +94,33 @@ def test_the_run_is_opened_once_and_lasts_as_long_as_the_variant(trained):
     assert seconds.value <= duration < seconds.value + 60, "start to end: training, evaluation and files, no wait"
 
 
+def test_the_run_records_the_memory_its_process_used(trained):
+    """rss_mb and peak_rss_mb, in MiB: what a SLURM job's mem_gb must cover. The stage ran in this
+    process, whose high-water mark can only have risen since."""
+    import resource
+
+    metrics = trained.client.get_run(trained.run_id).data.metrics
+    peak_now_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    assert 0 < metrics["rss_mb"] <= metrics["peak_rss_mb"] <= peak_now_mb
+    assert metrics["peak_rss_mb"] > 0.5 * peak_now_mb, "MiB, not KiB or bytes"
+
+
+def test_a_process_that_exits_mid_run_ends_it_killed(tmp_path):
+    """submitit leaves a job with sys.exit once it has requeued it (SLURM's timeout or preemption
+    signal): the run is KILLED, to be resumed, not FAILED."""
+    import mlflow
+
+    from logitlab.tracking.runs import tracked_run
+
+    (tmp_path / "store").mkdir()
+    cfg = tiny_blobs_cfg(tmp_path)
+    with pytest.raises(SystemExit), tracked_run(cfg.tracking, ROOT, found_by="train", run_name="requeued") as run:
+        raise SystemExit(-1)
+    ended = mlflow.MlflowClient(tracking_uri(cfg.tracking, ROOT)).get_run(run.info.run_id)
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags["logitlab.status_reason"] == "the process exited (code -1) during train"
+
+
 def test_the_stage_files_hold_what_the_run_holds(trained, tmp_path):
     files = trained.files
     local = trained.client.download_artifacts(trained.run_id, "predictions.json", str(tmp_path))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,6 +177,7 @@ def train(cfg: Config, root: Path, job: Job) -> float:
                             head=cfg.model.head, n_classes=cfg.ds.num_classes, example=x_eval,
                             tags=identity(cfg), step=len(history) - 1)
         run_log.log(result.metrics, model_id=logged.model_id, dataset=test_set)  # the Models tab's test metrics
+        run_log.log(process_memory())
         run_log.flush()
         store_call("tag the run", mlflow.set_tags, result.tags)
         store_call("log the predictions", mlflow.log_dict, predictions, PREDICTIONS_FILE)
@@ -195,6 +197,20 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     log.info("run %s: %s", run.info.run_id, runs_link(run.info.experiment_id))
     last = history[-1]
     return float(last.get("val_loss", last["loss"]))
+
+
+def process_memory() -> dict[str, float]:
+    """This process's resident memory now and at its highest, in MiB: what a job needs (SLURM's
+    mem_gb), and, over the jobs of one in-process sweep, whether one job leaves memory to the next."""
+    import resource
+
+    import psutil
+
+    rss = psutil.Process().memory_info().rss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = peak if sys.platform == "darwin" else peak * 1024
+    # the kernel updates its high-water mark lazily: now may be a little above it
+    return {"rss_mb": rss / 2**20, "peak_rss_mb": max(peak, rss) / 2**20}
 
 
 def write_outputs(files: Files, model: Any, history: list[dict[str, float]], result: Evaluation,
