@@ -33,6 +33,24 @@ def ran_stages(proc) -> set[str]:
     return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
 
 
+def _stop_queue_workers(project: Path) -> None:
+    """The DVC queue's workers (celery, their pids in .dvc/tmp/exps/celery/): one can hang in its
+    shutdown once the queue is empty, so each still alive after `dvc queue stop` is killed."""
+    import os
+    import signal
+
+    import psutil
+
+    for pid_file in (project / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid"):
+        try:
+            worker = psutil.Process(int(pid_file.read_text().strip()))
+            if project.resolve() == Path(worker.cwd()).resolve():  # the pid is still that worker's
+                os.kill(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
+        except (ValueError, OSError, psutil.Error):
+            pass  # gone already
+
+
 def finished_runs(uri):
     import mlflow
 
@@ -302,13 +320,16 @@ def test_dvc_repro_end_to_end(tmp_path):
     for lr, name in (("0.003", "lr-003"), ("0.03", "lr-03")):
         run([dvc, "exp", "run", "--queue", "-n", name, "-S", f"optimizer.lr={lr}", target], project, exp_env)
     try:
-        run([dvc, "queue", "start", "-j", "2"], project, exp_env)
+        # `dvc queue start` waits on its workers, which outlive the queue: no pipe of ours to hold open
+        subprocess.run([dvc, "queue", "start", "-j", "2"], cwd=project, env=exp_env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, timeout=120)
         deadline = time.monotonic() + 900
         while "Queued" in (status := run([dvc, "queue", "status"], project, exp_env).stdout) or "Running" in status:
             assert time.monotonic() < deadline, status
             time.sleep(2)
     finally:
         subprocess.run([dvc, "queue", "stop", "--kill"], cwd=project, env=exp_env, capture_output=True, timeout=120)
+        _stop_queue_workers(project)
     assert status.count("Success") == 2, status
 
     shown = run([dvc, "exp", "show", "--json"], project, exp_env).stdout

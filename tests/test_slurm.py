@@ -101,10 +101,13 @@ def _wait_for(what, condition, proc, timeout=600):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_requeued_job_resumes_its_run_with_every_epoch_once(cluster, server, tmp_path):
-    """The job is requeued mid-training with `scontrol requeue`: SLURM kills it and starts it again,
-    and it takes its run up again from its checkpoint (that it resumes bit for bit is
-    tests/test_resume.py's)."""
+@pytest.mark.parametrize("how", ["scontrol requeue", "timeout signal"])
+def test_a_requeued_job_resumes_its_run_with_every_epoch_once(cluster, server, tmp_path, how):
+    """The job is requeued mid-training, by an operator (`scontrol requeue`: SLURM kills it and
+    starts it again), or by submitit on SLURM's timeout signal (USR2, sent here with `scancel
+    --signal`; within 10 minutes of a 10-minute limit submitit counts it as a timeout, and requeues
+    up to max_num_timeout times). Either way the job takes its run up again from its checkpoint
+    (that it resumes bit for bit is tests/test_resume.py's)."""
     data = tiny_blobs(tmp_path, n_samples=10000)  # ~0.5 s an epoch in batches of 8
     experiment = f"requeue-{tmp_path.name}"
     cmd = _slurm_cmd(cluster, server, tmp_path / "sweep", *data, "model.head=softmax", "trainer.epochs=6",
@@ -122,7 +125,11 @@ def test_a_requeued_job_resumes_its_run_with_every_epoch_once(cluster, server, t
 
     run = _wait_for("the job's second epoch", at_epoch_2, proc)
     job_id = run.data.tags["slurm.job_id"]
-    cluster.run("scontrol", "requeue", job_id)
+    if how == "scontrol requeue":
+        cluster.run("scontrol", "requeue", job_id)
+    else:
+        cluster.run("scancel", "--signal=USR2", job_id)
+    _wait_for("the run to end KILLED", lambda: client.get_run(run.info.run_id).info.status == "KILLED", proc)
     # SLURM holds a requeued job back (BeginTime, about two minutes): an operator's release, to save the wait.
     _wait_for("the requeued job to be pending", lambda: cluster.run(
         "squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip() == "PENDING", proc)
@@ -138,6 +145,9 @@ def test_a_requeued_job_resumes_its_run_with_every_epoch_once(cluster, server, t
     assert [m.step for m in client.get_metric_history(job.info.run_id, "loss")] == list(range(6)), "each epoch once"
     assert "test_accuracy" in job.data.metrics
     assert not list((tmp_path / "sweep").rglob(".logitlab-checkpoint")), "a finished job drops its checkpoint"
+    if how == "timeout signal":
+        logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
+        assert "Caught signal SIGUSR2" in logs and "this job is timed-out" in logs, logs[-3000:]
 
 
 def test_a_cluster_sweep_killed_halfway_resumes_with_exactly_the_missing_jobs(cluster, server, tmp_path):

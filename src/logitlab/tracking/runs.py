@@ -138,8 +138,8 @@ def tracked_run(tracking: Any, root: Path, *, found_by: str, run_name: str | Non
     that run again (a requeued job: it is RUNNING again, owned by this process, its last end's
     reason gone).
 
-    The run ends FINISHED, or KILLED on SIGTERM and Ctrl-C, or FAILED on any error, the reason in
-    its tags; the exception then goes on."""
+    The run ends FINISHED, or KILLED on SIGTERM, Ctrl-C and an exit of the process (sys.exit), or
+    FAILED on any error, the reason in its tags; the exception then goes on."""
     import mlflow
 
     setup(tracking, root)
@@ -161,6 +161,10 @@ def tracked_run(tracking: Any, root: Path, *, found_by: str, run_name: str | Non
         raise
     except Diverged as exc:
         _end_after_error(rid, "FAILED", {TAG_REASON: str(exc), TAG_EPOCH: str(exc.epoch)})
+        raise
+    except SystemExit as exc:  # the process leaves mid-run on purpose: submitit does, on SLURM's
+        # preemption or timeout signal (USR2), once it has requeued the job (which resumes the run)
+        _end_after_error(rid, "KILLED", {TAG_REASON: f"the process exited (code {exc.code}) during {found_by}"})
         raise
     except BaseException as exc:
         _end_after_error(rid, "FAILED", {TAG_REASON: redact_text(f"{type(exc).__name__}: {exc}")[:5000]})
