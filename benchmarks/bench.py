@@ -17,12 +17,15 @@ ranges overlap, the row says "no difference", whatever its ratio.
   model's own matmul shapes (forward and backward, batch 64) in a tight graph loop, the attainable
   roofline.
 - Tracking: a train job with its MLflow run against the same job without it; logging the model.
-- Sweep: 40 blobs jobs in one process (Hydra's basic launcher), wall clock with process start and
-  exit against the sum of the jobs' training times, and where the rest goes.
+- Sweep and load: 100 blobs jobs in one process (Hydra's basic launcher), wall clock with process
+  start and exit against the sum of the jobs' training times, and where the rest goes; then, from
+  the same sweep, each job's time (its run, opened to closed, and the wait before the next) around
+  job 10 (jobs 6-15) against the last ten (91-100), and the process's resident memory after job 10
+  and after job 100 (each run's rss_mb).
 - Pipeline (`--only pipeline`, make bench-pipeline): `dvc repro` from nothing (the data fetched) in a
   copy of the project against the same in a copy of PIPELINE_BASELINE, then the no-op repro. One trial
   each: the two repros from nothing take ~13 minutes here, so they have a make target of their own and
-  `make bench` (the other parts) stays within 15 minutes. The sweep is one trial too (90 s).
+  `make bench` (the other parts) stays within 15 minutes. The sweep is one trial too (~3.5 min).
 
 Run it on an otherwise idle machine.
 """
@@ -69,8 +72,11 @@ TRACKING = [  # (name, overrides, the largest overhead allowed, as a fraction of
 ]
 MODEL_LOGGING_TARGET = 0.05  # logging a variant's MLflow model, as a fraction of its tracked run (issue #11)
 MODEL_LOGGING_TRIALS = 7
-SWEEP_JOBS = 40
+SWEEP_JOBS = 100
 SWEEP_TARGET = 1.5          # the sweep's wall clock over the sum of its jobs' training times
+LOAD_EARLY, LOAD_LATE = range(6, 16), range(91, 101)  # jobs (counted from 1) around job 10, and the last ten
+LOAD_TIME_TARGET = 1.2      # the late jobs' median time over the early ones'
+LOAD_MEMORY_TARGET = 0.2    # resident memory after job 100 over after job 10, less 1
 # The pipeline before one stage per variant (train and evaluate in two processes, 35 stages).
 PIPELINE_BASELINE = "8fc7770"
 PIPELINE_TARGET = 2.0       # the baseline's repro from nothing over ours
@@ -254,14 +260,14 @@ def train_config(dataset: str, layers: list[int], batch: int, epochs: int, *extr
                     f"trainer.batch_size={batch}", f"trainer.epochs={epochs}", "trainer.verbose=0", *extra])
 
 
-def keras_fit(cfg, **compile_args: Any) -> tuple[EpochClock, Any]:
+def keras_fit(cfg, data=None, **compile_args: Any) -> tuple[EpochClock, Any]:
     """Keras: the same model and seed as logitlab's (train.loop.prepare), compiled with Keras's defaults
     (plus `compile_args`), `model.fit` on the same arrays, batch size and validation split."""
     import keras
 
     from logitlab.model.build import accuracy_for, loss_for
 
-    model, x, y, _ = prepared(cfg)
+    model, x, y, _ = prepared(cfg, data)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.optimizer.lr),
                   loss=loss_for(cfg.model.head), metrics=[accuracy_for(cfg.model.head)], **compile_args)
     clock = EpochClock()
@@ -270,12 +276,16 @@ def keras_fit(cfg, **compile_args: Any) -> tuple[EpochClock, Any]:
     return clock, model
 
 
-def logitlab_fit(cfg) -> tuple[EpochClock, Any]:
-    from logitlab.train.stage import TRAINERS
+def logitlab_fit(cfg, data=None) -> tuple[EpochClock, Any]:
+    """logitlab's trainer of `cfg` (the train stage's: `fit`, or the GradientTape loop), the clock as
+    its metrics sink."""
+    from logitlab.train.loop import fit_compiled
+    from logitlab.train.tape import fit_gradient_tape
 
-    model, x, y, _ = prepared(cfg)
+    model, x, y, _ = prepared(cfg, data)
     clock = EpochClock()
-    TRAINERS[cfg.trainer.name](model, x, y, cfg, clock)
+    trainer = fit_gradient_tape if cfg.trainer.name == "gradient_tape" else fit_compiled
+    trainer(model, x, y, cfg, clock)
     return clock, model
 
 
@@ -427,7 +437,7 @@ def model_logging(mnist_run_s: float) -> dict[str, Any]:
 
 
 def sweep(store: Path) -> list[dict[str, Any]]:
-    """`python pipelines/train.py -m` over SWEEP_JOBS blobs jobs (40 seeds) with Hydra's in-process
+    """`python pipelines/train.py -m` over SWEEP_JOBS blobs jobs (one per seed) with Hydra's in-process
     launcher: the wall clock, process start and exit included, against the sum of the jobs' training
     times, and where the rest went (from the runs' own start and end times)."""
     import mlflow
@@ -463,7 +473,28 @@ def sweep(store: Path) -> list[dict[str, Any]]:
                   target=f"wall <= {SWEEP_TARGET}x the jobs' training")
     row["verdict"] = None  # one process against its own jobs' training: no contest
     row["met"] = row["wall_over_training"] <= SWEEP_TARGET and row["processes"] == 1
-    return [row]
+    return [row, load(jobs)]
+
+
+def load(jobs: list[Any]) -> dict[str, Any]:
+    """The sweep's jobs late against early: each job's time (its run from open to close, and the wait
+    until the next run opens: Hydra's set-up of the next job) and the process's memory after it."""
+    times = [(b.info.start_time - a.info.start_time) / 1000 for a, b in zip(jobs, jobs[1:])]
+    times.append((jobs[-1].info.end_time - jobs[-1].info.start_time) / 1000 + statistics.median(
+        (b.info.start_time - a.info.end_time) / 1000 for a, b in zip(jobs, jobs[1:])))  # the last: no next run
+    rss = [r.data.metrics.get("rss_mb") for r in jobs]
+    early, late = LOAD_EARLY, LOAD_LATE
+    if len(jobs) < late.stop - 1:
+        raise SystemExit(f"the load row needs {late.stop - 1} jobs; the sweep ran {len(jobs)}")
+    row = compare(f"load: time per job, jobs {late.start}-{late.stop - 1} against {early.start}-{early.stop - 1} "
+                  "of one process", [times[i - 1] for i in late], [times[i - 1] for i in early],
+                  rss_job10_mb=rss[9], rss_job100_mb=rss[99], rss_growth=rss[99] / rss[9] - 1,
+                  peak_rss_mb=max(r.data.metrics.get("peak_rss_mb", 0.0) for r in jobs),
+                  statuses=sorted({r.info.status for r in jobs}),
+                  target=f"late <= {LOAD_TIME_TARGET}x early, memory <= +{LOAD_MEMORY_TARGET:.0%}")
+    row["met"] = (row["logitlab_s"] <= LOAD_TIME_TARGET * row["baseline_s"] and row["rss_growth"] <= LOAD_MEMORY_TARGET
+                  and row["statuses"] == ["FINISHED"])
+    return row
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -592,6 +623,8 @@ def markdown(results: dict[str, Any]) -> str:
             ratio = f"{r['overhead_fraction']:+.1%}"
         elif "wall_over_training" in r:
             ratio = f"{r['wall_over_training']:.2f}x the training"
+        elif "rss_growth" in r:
+            ratio = f"{r['logitlab_s'] / r['baseline_s']:.2f}x; memory {r['rss_growth']:+.1%}"
         peak = "" if r.get("peak_fraction") is None or r["peak_fraction"] < 0.01 else f"{r['peak_fraction']:.0%}"
         lines.append(f"| {r['name']} | {_seconds(r, 'logitlab', ' s')} | {_seconds(r, 'baseline', ' s')} | {ratio} | "
                      f"{r.get('verdict') or ''} | {peak} | {target(r)} |")
@@ -634,6 +667,11 @@ def details(rows: list[dict[str, Any]], peaks: dict[str, float]) -> str:
                          f"(evaluation, files, datasets, the model, opening and closing the run), between runs "
                          f"{r['between_jobs_s']:.2f} s (Hydra's job set-up); process start to the first run "
                          f"{r['start_s']:.1f} s, last run to exit {r['exit_s']:.1f} s; {r['processes']} process(es)")
+        elif name.startswith("load"):
+            lines.append(f"{name}: {r['logitlab_s']:.2f} s late against {r['baseline_s']:.2f} s early per job; "
+                         f"resident memory {r['rss_job10_mb']:.0f} MiB after job 10, {r['rss_job100_mb']:.0f} MiB after "
+                         f"job 100 ({r['rss_growth']:+.1%}), at most {r['peak_rss_mb']:.0f} MiB; runs "
+                         f"{', '.join(r['statuses'])}")
         elif name.startswith("pipeline: dvc"):
             against = (f" (the baseline: {r['baseline_stages']} at {r['baseline_per_stage_s']:.1f} s)"
                        if r["baseline_stages"] else "")

@@ -56,3 +56,43 @@ def test_rerunning_some_parts_keeps_the_others_rows(bench, tmp_path):
     assert again["runs"]["training"] == {"date": "1"} and again["runs"]["pipeline"] == {"date": "2"}
     out.write_text("{not json")
     assert bench.merged(out, ["sweep"], [{"part": "sweep", "name": "s"}], {})["results"] == [{"part": "sweep", "name": "s"}]
+
+
+def _job(start_s: float, seconds: float, rss_mb: float):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(info=SimpleNamespace(start_time=int(start_s * 1000), end_time=int((start_s + seconds) * 1000),
+                                                status="FINISHED"),
+                           data=SimpleNamespace(metrics={"rss_mb": rss_mb, "peak_rss_mb": rss_mb + 10}))
+
+
+def test_the_load_row_sets_the_last_ten_jobs_against_those_around_job_10(bench):
+    # jobs of 2 s with 0.5 s between them; the last ten take 3 s; memory grows 1 MiB a job from 500
+    jobs, start = [], 0.0
+    for k in range(1, 101):
+        seconds = 3.0 if k > 90 else 2.0
+        jobs.append(_job(start, seconds, 499.0 + k))
+        start += seconds + 0.5
+    row = bench.load(jobs)
+    assert row["baseline_s"] == 2.5 and row["logitlab_s"] == 3.5  # run and wait, the last one's wait the median
+    assert row["rss_job10_mb"] == 509 and row["rss_job100_mb"] == 599 and row["rss_growth"] == pytest.approx(90 / 509)
+    assert row["peak_rss_mb"] == 609 and row["met"] is False  # 3.5 / 2.5 = 1.4x the early jobs' time
+    flat = bench.load([_job(2.5 * k, 2.0, 500.0) for k in range(100)])
+    assert flat["met"] is True and flat["verdict"] == "no difference" and flat["rss_growth"] == 0
+    with pytest.raises(SystemExit, match="needs 100 jobs"):
+        bench.load(jobs[:50])
+
+
+@pytest.mark.parametrize("trainer", ["fit", "gradient_tape"])
+def test_the_training_rows_contenders_train_the_same_model_for_the_same_epochs(bench, trainer):
+    """logitlab's trainer (as the train stage runs it) and Keras fit, each timed at every epoch's end."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = {"x_train": rng.normal(size=(96, 2)).astype(np.float32), "y_train": np.arange(96) % 4}
+    cfg = bench.train_config("blobs", [8], 16, 3, f"trainer={trainer}")
+    ours, model = bench.logitlab_fit(cfg, data)
+    keras_clock, keras_model = bench.keras_fit(cfg, data)
+    assert len(ours.ends) == len(keras_clock.ends) == 3
+    assert ours.steady_epoch() > 0 and keras_clock.steady_epoch() > 0
+    assert [w.shape for w in model.get_weights()] == [w.shape for w in keras_model.get_weights()]
