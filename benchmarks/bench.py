@@ -279,13 +279,11 @@ def keras_fit(cfg, data=None, **compile_args: Any) -> tuple[EpochClock, Any]:
 def logitlab_fit(cfg, data=None) -> tuple[EpochClock, Any]:
     """logitlab's trainer of `cfg` (the train stage's: `fit`, or the GradientTape loop), the clock as
     its metrics sink."""
-    from logitlab.train.loop import fit_compiled
-    from logitlab.train.tape import fit_gradient_tape
+    from logitlab.train.stage import trainer_for
 
     model, x, y, _ = prepared(cfg, data)
     clock = EpochClock()
-    trainer = fit_gradient_tape if cfg.trainer.name == "gradient_tape" else fit_compiled
-    trainer(model, x, y, cfg, clock)
+    trainer_for(cfg, [])(model, x, y, cfg, clock)
     return clock, model
 
 
@@ -371,11 +369,12 @@ def training(peaks: dict[str, float], trials: int) -> list[dict[str, Any]]:
 def tracking_overhead(store: Path, trials: int) -> list[dict[str, Any]]:
     """The same train job (data, model, fit, evaluation, the variant's files) with and without its
     MLflow run; the store exists beforehand, as it does after a project's first run."""
-    from logitlab.data.preprocess import load_processed, task_labels
+    from logitlab.data.preprocess import load_processed, splits, task_labels
     from logitlab.evaluate.metrics import evaluate
+    from logitlab.evaluate.printout import write_printout
     from logitlab.sweep import Job
     from logitlab.tracking.runs import open_store
-    from logitlab.train.stage import TRAINERS, Files, train, write_outputs
+    from logitlab.train.stage import Files, train, trainer_for, write_outputs
 
     rows, mnist_run = [], None
     for name, overrides, target in TRACKING:
@@ -386,12 +385,17 @@ def tracking_overhead(store: Path, trials: int) -> list[dict[str, Any]]:
 
         def untracked() -> float:  # as `train` does, less the run: the processed file read, ...
             start = time.perf_counter()
-            model, x, y, data = prepared(cfg, load_processed(cfg.path(ROOT, "processed"), cfg.dataset))
-            history = TRAINERS[cfg.trainer.name](model, x, y, cfg, None)
-            y_test = task_labels(data["y_test"], cfg.task, cfg.ds.binary.positive_class)
-            result = evaluate(model, data["x_test"], y_test, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
+            data = splits(load_processed(cfg.path(ROOT, "processed"), cfg.dataset), cfg.trainer.train_on,
+                          cfg.evaluate.split)
+            model, x, y, _ = prepared(cfg, data)
+            steps: list[Any] = []
+            history = trainer_for(cfg, steps)(model, x, y, cfg, None)
+            y_eval = task_labels(data["y_eval"], cfg.task, cfg.ds.binary.positive_class)
+            result = evaluate(model, data["x_eval"], y_eval, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
                               cfg.evaluate.n_examples)
-            write_outputs(Files.of(cfg, ROOT, job_dir), model, history, result, {"examples": result.examples})
+            files = Files.of(cfg, ROOT, job_dir)
+            write_outputs(files, model, history, result, {"examples": result.examples})
+            write_printout(files.model_dir, result, data["x_eval"], cfg, steps)
             return time.perf_counter() - start
 
         def tracked() -> float:

@@ -96,3 +96,14 @@ def test_the_training_rows_contenders_train_the_same_model_for_the_same_epochs(b
     assert len(ours.ends) == len(keras_clock.ends) == 3
     assert ours.steady_epoch() > 0 and keras_clock.steady_epoch() > 0
     assert [w.shape for w in model.get_weights()] == [w.shape for w in keras_model.get_weights()]
+
+
+@pytest.mark.slow  # four train jobs
+def test_the_tracking_rows_time_a_tracked_train_job_against_the_same_job_untracked(bench, tmp_path, monkeypatch):
+    from helpers import tiny_blobs
+
+    data = tiny_blobs(tmp_path)
+    monkeypatch.setattr(bench, "TRACKING", [("tiny blobs", [*data, "trainer.epochs=2"], 0.05)])
+    [row] = bench.tracking_overhead(tmp_path / "work", trials=1)
+    assert row["trials"] == 1 and row["logitlab_s"] > 0 and row["baseline_s"] > 0
+    assert row["overhead_fraction"] == pytest.approx(row["logitlab_s"] / row["baseline_s"] - 1)

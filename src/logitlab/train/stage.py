@@ -131,7 +131,7 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     evaluated_on = trained_on if cfg.evaluate.split == EvaluateOn.train else "test"
     train_set, test_set = datasets(cfg.dataset, processed, x, y, x_eval, y_eval, (trained_on, evaluated_on))
     steps: list[StepLog] = []
-    trainer = partial(fit_gradient_tape, steps=steps) if cfg.trainer.name == TrainerName.gradient_tape else fit_compiled
+    trainer = trainer_for(cfg, steps)
     checkpoint = Checkpoint(job.dir, key) if checkpoint_enabled(cfg.trainer.checkpoint) else None
     saved = checkpoint.load() if checkpoint else None
     if saved and not _run_exists(saved[0].run_id):
@@ -197,6 +197,12 @@ def train(cfg: Config, root: Path, job: Job) -> float:
     log.info("run %s: %s", run.info.run_id, runs_link(run.info.experiment_id))
     last = history[-1]
     return float(last.get("val_loss", last["loss"]))
+
+
+def trainer_for(cfg: Config, steps: list[StepLog]) -> Any:
+    """The trainer of `cfg.trainer.name`: `fit` (Keras fit's contract) or the notebook's GradientTape
+    loop, whose step log goes into `steps`. Called as trainer(model, x, y, cfg, metrics, ...)."""
+    return partial(fit_gradient_tape, steps=steps) if cfg.trainer.name == TrainerName.gradient_tape else fit_compiled
 
 
 def process_memory() -> dict[str, float]:
