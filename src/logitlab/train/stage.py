@@ -207,15 +207,21 @@ def trainer_for(cfg: Config, steps: list[StepLog]) -> Any:
 
 def process_memory() -> dict[str, float]:
     """This process's resident memory now and at its highest, in MiB: what a job needs (SLURM's
-    mem_gb), and, over the jobs of one in-process sweep, whether one job leaves memory to the next."""
+    mem_gb), and, over the jobs of one in-process sweep, whether one job leaves memory to the next.
+
+    The highest is Linux's VmHWM, this program's own: getrusage's ru_maxrss survives exec, so a job
+    started by a big process would report its parent's peak."""
     import resource
 
     import psutil
 
     rss = psutil.Process().memory_info().rss
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    peak = peak if sys.platform == "darwin" else peak * 1024
-    # the kernel updates its high-water mark lazily: now may be a little above it
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):  # not Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+        peak = peak if sys.platform == "darwin" else peak * 1024
     return {"rss_mb": rss / 2**20, "peak_rss_mb": max(peak, rss) / 2**20}
 
 
