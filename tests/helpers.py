@@ -176,6 +176,18 @@ def runs_of(uri: str, experiment: str = "logitlab") -> list:
     return client.search_runs([found.experiment_id], max_results=1000)
 
 
+def parents_and_children(store: str) -> tuple[dict, dict]:
+    """The store's sweep runs by id, and each sweep's child runs by its parent's id."""
+    runs = runs_of(store)
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("logitlab.kind") == "sweep"}
+    children: dict = {}
+    for r in runs:
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if parent:
+            children.setdefault(parent, []).append(r)
+    return parents, children
+
+
 # The matrix the end-to-end tests shrink the pipeline to: every stage family, few variants.
 TINY_PIPELINE = {"datasets": ["mnist", "blobs"], "heads": ["softmax", "logit"], "binary_heads": ["logit"],
                  "gradient_tape": {"datasets": ["blobs"], "heads": ["logit"]}}

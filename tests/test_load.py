@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ROOT, app, mlflow_server, postgres_database, runs_of, subprocess_env, tiny_blobs
+from helpers import (ROOT, app, mlflow_server, parents_and_children, postgres_database, runs_of, subprocess_env,
+                     tiny_blobs)
 
 
 def _live_graphs() -> int:
@@ -47,12 +48,11 @@ def test_a_job_leaves_no_training_graph_behind_for_the_next(trainer):
     assert after[1] == after[2] == after[3], f"graphs alive after each job: {after}"
 
 
-def _children(uri: str) -> tuple[list, list]:
-    runs = runs_of(uri)
-    parents = [r for r in runs if r.data.tags.get("logitlab.kind") == "sweep"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) + len(children) == len(runs), "no run outside a sweep"
-    return parents, children
+def _sweeps(uri: str) -> tuple[list, dict]:
+    """The sweep runs, and each one's child runs by its id; every run of the store is one or the other."""
+    parents, children = parents_and_children(uri)
+    assert len(parents) + sum(map(len, children.values())) == len(runs_of(uri)), "no run outside a sweep"
+    return list(parents.values()), children
 
 
 @pytest.mark.slow
@@ -64,7 +64,8 @@ def test_100_blobs_jobs_in_one_process_all_finish_and_memory_stays_flat(tmp_path
                               f"tracking.uri='{uri}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
                           cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [parent], children = _children(uri)
+    [parent], by_parent = _sweeps(uri)
+    children = by_parent[parent.info.run_id]
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == 100
     assert len(children) == 100 and {r.info.status for r in children} == {"FINISHED"}
     assert len({r.data.tags["logitlab.pid"] for r in children}) == 1, "one process"
@@ -118,14 +119,15 @@ def test_two_parallel_sweeps_writing_to_one_sqlite_store_lose_no_run(tmp_path):
     for name, proc in procs.items():
         assert proc.returncode == 0, f"sweep {name}: {errors[name][-3000:]}"
 
-    parents, children = _children(uri)
+    parents, by_parent = _sweeps(uri)
+    children = [r for runs in by_parent.values() for r in runs]
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     assert len(children) == 8 and {r.info.status for r in children} == {"FINISHED"}, "none lost, none RUNNING"
     client = mlflow.MlflowClient(uri)
     for parent, (name, sweep_dir) in zip(sorted(parents, key=lambda p: p.data.tags["hydra.sweep.dir"]),
                                          sorted(sweeps.items())):
         assert parent.data.tags["hydra.sweep.dir"] == str(sweep_dir.resolve())
-        mine = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        mine = by_parent[parent.info.run_id]
         assert sorted(int(r.data.tags["hydra.job.num"]) for r in mine) == list(range(4)), name
         for run in mine:
             _assert_every_metric_reached(client, run, _job_dir(sweep_dir, run))
@@ -144,7 +146,8 @@ def test_the_server_on_postgresql_under_8_concurrent_jobs_loses_no_metric(tmp_pa
                 f"hydra.sweep.dir={sweep_dir}"),
             cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        [parent], children = _children(server["url"])
+        [parent], by_parent = _sweeps(server["url"])
+        children = by_parent[parent.info.run_id]
         assert parent.data.metrics["jobs_finished"] == 8
         assert len(children) == 8 and {r.info.status for r in children} == {"FINISHED"}
         assert len({r.data.tags["logitlab.pid"] for r in children}) > 1, "the jobs ran in several processes"

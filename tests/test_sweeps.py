@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, app, runs_of, subprocess_env, tiny_blobs
+from helpers import ROOT, app, parents_and_children, subprocess_env, tiny_blobs
 from logitlab.schema import compose_params
 
 
@@ -21,17 +21,6 @@ def sweep(tmp_path, store, sweep_dir, *overrides, check=True):
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
-
-
-def parents_and_children(store):
-    runs = runs_of(store)
-    parents = {r.info.run_id: r for r in runs if r.data.tags.get("logitlab.kind") == "sweep"}
-    children = {}
-    for r in runs:
-        parent = r.data.tags.get("mlflow.parentRunId")
-        if parent:
-            children.setdefault(parent, []).append(r)
-    return parents, children
 
 
 @pytest.mark.slow
