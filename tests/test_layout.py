@@ -125,3 +125,14 @@ def test_every_module_is_in_the_readme_layout():
     missing = [rel(p) for p in sorted(PACKAGE.rglob("*.py"))
                if p.name != "__init__.py" and p.relative_to(PACKAGE).as_posix() not in layout]
     assert not missing, f"the README's Layout section does not list {missing}"
+
+
+def test_dvc_lock_holds_only_the_stages_dvc_yaml_defines():
+    """DVC keeps a lock entry after its stage is gone: a stale one is dead weight that `dvc repro`
+    never rewrites (the evaluate stages' 762 lines did, once)."""
+    from dvc.repo import Repo
+
+    defined = {stage.addressing for stage in Repo(str(ROOT)).index.stages}
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert defined, "dvc.yaml defines no stage"
+    assert locked <= defined, f"dvc.lock names stages dvc.yaml does not define: {sorted(locked - defined)}"
