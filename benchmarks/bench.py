@@ -215,10 +215,11 @@ def processed(dataset: str):
 def prepared(cfg, data=None):
     """The compiled, seeded model of `cfg` and its training data, as the train stage makes them
     (from `data`, or the processed file read once)."""
+    from logitlab.model.heads import head_of
     from logitlab.train.loop import prepare
 
     data = processed(cfg.dataset) if data is None else data
-    return (*prepare(cfg, data), data)
+    return (*prepare(cfg, head_of(cfg), data), data)
 
 
 class EpochClock:
@@ -239,7 +240,8 @@ class EpochClock:
         self.ends: list[float] = []
 
     def log(self, logs: dict, step: int = 0) -> None:
-        self.ends.append(time.perf_counter())
+        if "loss" in logs:  # an epoch's metrics (the GradientTape loop also sends its step_ metrics)
+            self.ends.append(time.perf_counter())
 
     def steady_epoch(self) -> float:
         """The median of the epochs after the first (which traces the graphs)."""
@@ -265,11 +267,12 @@ def keras_fit(cfg, data=None, **compile_args: Any) -> tuple[EpochClock, Any]:
     (plus `compile_args`), `model.fit` on the same arrays, batch size and validation split."""
     import keras
 
-    from logitlab.model.build import accuracy_for, loss_for
+    from logitlab.model.heads import head_of
 
     model, x, y, _ = prepared(cfg, data)
+    head, task = head_of(cfg), str(cfg.task)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.optimizer.lr),
-                  loss=loss_for(cfg.model.head), metrics=[accuracy_for(cfg.model.head)], **compile_args)
+                  loss=head.loss(task), metrics=[head.accuracy(task)], **compile_args)
     clock = EpochClock()
     model.fit(x, y, batch_size=cfg.trainer.batch_size, epochs=cfg.trainer.epochs,
               validation_split=cfg.trainer.validation_split, verbose=0, callbacks=[clock.callback])
@@ -279,11 +282,12 @@ def keras_fit(cfg, data=None, **compile_args: Any) -> tuple[EpochClock, Any]:
 def logitlab_fit(cfg, data=None) -> tuple[EpochClock, Any]:
     """logitlab's trainer of `cfg` (the train stage's: `fit`, or the GradientTape loop), the clock as
     its metrics sink."""
-    from logitlab.train.stage import trainer_for
+    from logitlab.model.heads import head_of
+    from logitlab.stages.train import trainer_for
 
     model, x, y, _ = prepared(cfg, data)
     clock = EpochClock()
-    trainer_for(cfg, [])(model, x, y, cfg, clock)
+    trainer_for(cfg, head_of(cfg), [])(model, x, y, cfg, clock)
     return clock, model
 
 
@@ -369,12 +373,14 @@ def training(peaks: dict[str, float], trials: int) -> list[dict[str, Any]]:
 def tracking_overhead(store: Path, trials: int) -> list[dict[str, Any]]:
     """The same train job (data, model, fit, evaluation, the variant's files) with and without its
     MLflow run; the store exists beforehand, as it does after a project's first run."""
+    from logitlab.data.dataset import dataset_of
     from logitlab.data.preprocess import load_processed, splits, task_labels
     from logitlab.evaluate.metrics import evaluate
+    from logitlab.model.heads import head_of
     from logitlab.evaluate.printout import write_printout
-    from logitlab.sweep import Job
+    from logitlab.stages.job import Job
     from logitlab.tracking.runs import open_store
-    from logitlab.train.stage import Files, train, trainer_for, write_outputs
+    from logitlab.stages.train import Files, train, trainer_for, write_outputs
 
     rows, mnist_run = [], None
     for name, overrides, target in TRACKING:
@@ -389,13 +395,14 @@ def tracking_overhead(store: Path, trials: int) -> list[dict[str, Any]]:
                           cfg.evaluate.split)
             model, x, y, _ = prepared(cfg, data)
             steps: list[Any] = []
-            history = trainer_for(cfg, steps)(model, x, y, cfg, None)
+            head = head_of(cfg)
+            history = trainer_for(cfg, head, steps)(model, x, y, cfg, None)
             y_eval = task_labels(data["y_eval"], cfg.task, cfg.ds.binary.positive_class)
-            result = evaluate(model, data["x_eval"], y_eval, cfg.task, cfg.model.head, cfg.evaluate.batch_size,
+            result = evaluate(model, data["x_eval"], y_eval, str(cfg.task), head, cfg.evaluate.batch_size,
                               cfg.evaluate.n_examples)
             files = Files.of(cfg, ROOT, job_dir)
             write_outputs(files, model, history, result, {"examples": result.examples})
-            write_printout(files.model_dir, result, data["x_eval"], cfg, steps)
+            write_printout(files.model_dir, result, data["x_eval"], cfg, head, steps, dataset_of(cfg).drawing())
             return time.perf_counter() - start
 
         def tracked() -> float:

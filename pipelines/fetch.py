@@ -3,12 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from logitlab import app
+from logitlab.stages import app
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> object:
-    from logitlab.data.preprocess import (
+    from logitlab.stages.data import (
         fetch,  # its imports (TensorFlow, ...) once the command line is known good
     )
 

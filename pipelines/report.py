@@ -5,12 +5,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from logitlab import app
+from logitlab.stages import app
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> object:
-    from logitlab.report.stage import (
+    from logitlab.stages.report import (
         report,  # its imports (TensorFlow, ...) once the command line is known good
     )
 

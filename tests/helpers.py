@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -134,7 +135,7 @@ def app(stage: str, *args: str) -> list[str]:
 def tiny_blobs(tmp: Path, n_samples: int = 200) -> list[str]:
     """Fetch and preprocess `n_samples` blobs under `tmp`, in this process; returns the overrides that
     use them."""
-    from logitlab.data.preprocess import fetch, preprocess
+    from logitlab.stages.data import fetch, preprocess
     from logitlab.schema import compose
 
     overrides = ["dataset=blobs", f"datasets.blobs.fetch.n_samples={n_samples}", f"paths.raw={tmp / 'raw'}",
@@ -149,7 +150,7 @@ def tiny_mnist(tmp: Path, n_train: int = 200, n_test: int = 50) -> list[str]:
     """Fetch (from a local look-alike file with its own hashes) and preprocess a small MNIST under
     `tmp`, in this process; returns the overrides that use it."""
     from logitlab.data.mnist import array_digests
-    from logitlab.data.preprocess import fetch, preprocess
+    from logitlab.stages.data import fetch, preprocess
     from logitlab.schema import compose
 
     arrays = mnist_arrays(n_train=n_train, n_test=n_test)
@@ -158,9 +159,9 @@ def tiny_mnist(tmp: Path, n_train: int = 200, n_test: int = 50) -> list[str]:
     local.write_bytes(body)
     overrides = ["dataset=mnist", f"paths.raw={tmp / 'raw'}", f"paths.processed={tmp / 'processed'}"]
     cfg = compose(ROOT, overrides)
-    cfg.datasets.mnist.fetch.sources = [{"name": "local", "type": "file", "path": str(local),
+    cfg.datasets["mnist"].fetch["sources"] = [{"name": "local", "type": "file", "path": str(local),
                                          "sha256": sha256_bytes(body), "format": "keras_npz"}]
-    cfg.datasets.mnist.fetch.array_sha256 = array_digests(arrays)
+    cfg.datasets["mnist"].fetch["array_sha256"] = array_digests(arrays)
     fetch(cfg, ROOT)
     preprocess(cfg, ROOT)
     return overrides
@@ -320,3 +321,63 @@ def mlflow_server(backend: str, folder: Path) -> Iterator[dict]:
             yield {"url": url, "port": port, "artifacts": artifacts, "log": log_path, "backend": backend}
         finally:
             stop(proc)
+
+
+# --------------------------------------------------------------------------- heads by name, for tests
+# The package passes Head objects (logitlab.model.heads); tests name heads as conf/heads/ does. These
+# adapters build the named head from the real config and call the package with it.
+
+
+@functools.cache
+def head(name: str):
+    """The head conf/heads/<name>.yaml declares, built as a stage builds it."""
+    from dataclasses import asdict
+
+    from logitlab.model.heads import instantiate
+    from logitlab.schema import compose
+
+    return instantiate(asdict(compose(ROOT).heads[name]), name)
+
+
+def _head(h):
+    return head(h) if isinstance(h, str) else h
+
+
+def build_model(n_features, n_classes, layers, h, *args, **kwargs):
+    from logitlab.model.build import build_model as build
+
+    return build(n_features, n_classes, layers, _head(h), *args, **kwargs)
+
+
+def compile_model(model, h, *args, **kwargs):
+    from logitlab.model.build import compile_model as compile_
+
+    return compile_(model, _head(h), *args, **kwargs)
+
+
+def loss_for(h, task="multiclass"):
+    return _head(h).loss(task)
+
+
+def numerics(model, x, y, task, h, *args, **kwargs):
+    from logitlab.evaluate.numerics import numerics as numerics_
+
+    return numerics_(model, x, y, task, _head(h), *args, **kwargs)
+
+
+def training_path(model, x, task, h):
+    from logitlab.evaluate.numerics import training_path as path
+
+    return path(model, x, task, _head(h))
+
+
+def reference_loss(z, y, task, h):
+    return _head(h).reference_loss(z, y, task)
+
+
+def probabilities(outputs, task, h):
+    return _head(h).probabilities(outputs, task)
+
+
+def class_probabilities(outputs, task, h):
+    return _head(h).class_probabilities(outputs, task)

@@ -14,7 +14,7 @@ from helpers import ROOT, tiny_blobs, tiny_mnist
 from logitlab.data.preprocess import load_processed, splits
 from logitlab.files import load_arrays
 from logitlab.schema import compose
-from logitlab.sweep import Job
+from logitlab.stages.job import Job
 
 # What each notebook does, as the course material states it (not read from conf/).
 NOTEBOOKS = {
@@ -113,7 +113,7 @@ def test_training_on_all_puts_the_splits_back_in_the_fetched_order(tmp_path):
 def _run(tmp_path: Path, overrides: list[str]):
     import mlflow
 
-    from logitlab.train.stage import train
+    from logitlab.stages.train import train
 
     cfg = compose(ROOT, [*overrides, f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'", "trainer.verbose=0"])
     train(cfg, ROOT, Job(multirun=False, num=0, overrides=overrides, dir=tmp_path / "job", sweep_dir=tmp_path))

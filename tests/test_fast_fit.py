@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from logitlab.errors import StoreUnavailable
-from logitlab.model.build import build_model, compile_model
+from helpers import build_model, compile_model
 from logitlab.schema import TrackingConf
 from logitlab.tracking.runs import RunLog
 from logitlab.tracking.store import setup
@@ -234,5 +234,7 @@ def test_evaluate_and_forward_give_what_keras_evaluate_and_predict_give(data, he
     model = new_model(head=head)
     model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
     expected = model.evaluate(x, y, batch_size=BATCH, verbose=0, return_dict=True)
-    assert compiled.evaluate(model, x, y, BATCH) == pytest.approx(expected, rel=1e-6)
+    from logitlab.model.compiled import evaluate
+
+    assert evaluate(model, x, y, BATCH) == pytest.approx(expected, rel=1e-6)
     np.testing.assert_allclose(forward(model, x, BATCH), model.predict(x, batch_size=BATCH, verbose=0), rtol=1e-6)

@@ -92,10 +92,78 @@ def test_the_checks_see_cycles_and_imports_inside_functions():
     """The checks above would pass vacuously if they saw nothing: try them on known input."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    train_imports = {rel(p) for p in imports(PACKAGE / "train" / "stage.py")}
-    assert "src/logitlab/train/loop.py" in train_imports and "src/logitlab/schema.py" in train_imports
+    train_imports = {rel(p) for p in imports(PACKAGE / "stages" / "train.py")}
+    assert "src/logitlab/train/loop.py" in train_imports and "src/logitlab/schema/__init__.py" in train_imports
     pipeline = {rel(p) for p in imports(ROOT / "pipelines" / "train.py")}
-    assert "src/logitlab/train/stage.py" in pipeline, "an import inside main() counts"
+    assert "src/logitlab/stages/train.py" in pipeline, "an import inside main() counts"
+
+
+# --------------------------------------------------------------------------- layers between packages
+
+BOTTOM = {"errors", "files", "schema"}
+# What each package of logitlab may import from logitlab (itself always): imports only point down.
+# The README's Layout section shows the same table.
+MAY_IMPORT = {
+    "errors": {"files"},
+    "files": {"errors"},
+    "schema": {"errors", "files"},
+    "data": BOTTOM,
+    "model": BOTTOM,
+    "tracking": BOTTOM,
+    "train": BOTTOM | {"model", "data"},        # epochs reach MLflow through a sink the stage hands in
+    "evaluate": BOTTOM | {"model", "data"},     # never train: what it needs of a model is handed to it
+    "report": BOTTOM | {"evaluate", "model", "data", "tracking"},
+    "serving": BOTTOM | {"evaluate", "model", "data", "tracking"},
+    "stages": None,                             # the top: running a variant, the report, sweeps, the CLI
+    "__main__": None,                           # `python -m logitlab`: the command line, as stages
+    "__init__": set(),
+}
+
+
+def package_of(path: Path) -> str:
+    """errors, files, schema, data, ..., for a module of logitlab (a top-level module is its own package)."""
+    part = path.relative_to(PACKAGE).parts[0]
+    return part[:-3] if part.endswith(".py") else part
+
+
+def layer_violations(modules: list[Path]) -> list[str]:
+    """Every import of `modules` that its package's row of MAY_IMPORT does not allow."""
+    bad = []
+    for module in modules:
+        package = package_of(module)
+        allowed = MAY_IMPORT.get(package, set())
+        for target in imports(module):
+            if not target.is_relative_to(PACKAGE):
+                continue
+            other = package_of(target)
+            if other != package and other != "__init__" and allowed is not None and other not in allowed:
+                bad.append(f"{rel(module)} ({package}) imports {rel(target)} ({other})")
+    return sorted(bad)
+
+
+def test_every_package_imports_only_what_its_layer_allows():
+    modules = sorted(PACKAGE.rglob("*.py"))
+    unknown = sorted({package_of(m) for m in modules} - set(MAY_IMPORT))
+    assert not unknown, f"packages with no row in MAY_IMPORT: {unknown}"
+    violations = layer_violations(modules)
+    assert not violations, "imports against the layering:\n" + "\n".join(violations)
+
+
+def test_the_layering_check_fails_on_a_planted_import(tmp_path, monkeypatch):
+    """The same check on a copy of the package with one import planted against the table: schema
+    importing the heads, as it once did."""
+    import shutil
+
+    copy = tmp_path / "src" / "logitlab"
+    shutil.copytree(PACKAGE, copy)
+    types = copy / "schema" / "types.py"
+    types.write_text(types.read_text() + "\nfrom logitlab.model.heads import Head  # planted\n")
+    here = __import__(__name__)
+    for name, value in (("ROOT", tmp_path), ("SRC", tmp_path / "src"), ("PACKAGE", copy)):
+        monkeypatch.setattr(here, name, value)
+    assert layer_violations(sorted(copy.rglob("*.py"))) == [
+        "src/logitlab/schema/types.py (schema) imports src/logitlab/model/__init__.py (model)",
+        "src/logitlab/schema/types.py (schema) imports src/logitlab/model/heads.py (model)"]
 
 
 def stage_deps() -> dict[str, tuple[str, list[str]]]:
@@ -108,15 +176,60 @@ def stage_deps() -> dict[str, tuple[str, list[str]]]:
     return out
 
 
+def plugin_modules(used: set[Path]) -> set[Path]:
+    """The plug-in modules a stage can instantiate: every dataset's `_target_` in params.yaml, and every
+    head's where the stage can build heads (it imports logitlab.model.heads)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    specs = list(params["datasets"].values())
+    if PACKAGE / "model" / "heads.py" in used:
+        specs += list(params["heads"].values())
+    found = set()
+    for spec in specs:
+        module = module_file(spec["_target_"].rpartition(".")[0])
+        if module is not None:
+            found |= closure(module)
+    return found
+
+
+def stage_modules(script: str) -> set[Path]:
+    """Every project module a stage's process can import: its script's, the Hydra plugin's, and the
+    plug-ins its config names, at the top of a module or inside a function alike."""
+    used = closure(ROOT / script) | closure(PLUGIN)
+    return {p for p in used | plugin_modules(used) if p.is_relative_to(SRC)}
+
+
+def covered(path: Path, deps: list[str]) -> bool:
+    return any(rel(path) == d or rel(path).startswith(d.rstrip("/") + "/") for d in deps)
+
+
 @pytest.mark.parametrize("stage", sorted(stage_deps()))
 def test_every_module_a_stage_can_import_is_its_dependency(stage):
     script, deps = stage_deps()[stage]
     assert script in deps, f"{stage}: its own script {script} is not a dependency"
-    used = closure(ROOT / script) | closure(PLUGIN)
-    missing = sorted(rel(p) for p in used
-                     if p.is_relative_to(SRC) and not any(rel(p) == d or rel(p).startswith(d.rstrip("/") + "/")
-                                                         for d in deps))
+    missing = sorted(rel(p) for p in stage_modules(script) if not covered(p, deps))
     assert not missing, f"dvc.yaml stage {stage} imports {missing} without listing them in deps"
+
+
+@pytest.mark.parametrize("stage", sorted(stage_deps()))
+def test_every_code_dependency_of_a_stage_is_imported_by_it(stage):
+    """No more deps than imports: a listed file the stage never imports, or a listed folder with a
+    module it never imports, would rerun the stage for a change that cannot affect it."""
+    script, deps = stage_deps()[stage]
+    used = {rel(p) for p in stage_modules(script)}
+    unused = []
+    for dep in deps:
+        path = ROOT / dep
+        if not dep.startswith("src/"):
+            continue
+        modules = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        unused += [rel(m) for m in modules if rel(m) not in used]
+    assert not unused, f"dvc.yaml stage {stage} lists {unused} as deps but never imports them"
+
+
+def test_the_data_stages_import_no_tracking_model_or_training_code():
+    for script in ("pipelines/fetch.py", "pipelines/preprocess.py"):
+        packages = {package_of(p) for p in stage_modules(script) if p.is_relative_to(PACKAGE)}
+        assert not packages & {"tracking", "model", "train", "evaluate", "serving", "report"}, (script, packages)
 
 
 def test_every_module_is_in_the_readme_layout():

@@ -30,6 +30,7 @@ def test_a_job_leaves_no_training_graph_behind_for_the_next(trainer):
     per train step) in a global registry: without dropping them, each job of a sweep kept its
     training graph alive, ~1.9 MB a blobs job."""
     from logitlab.schema import compose
+    from logitlab.model.heads import head_of
     from logitlab.train.loop import fit_compiled, prepare
     from logitlab.train.tape import fit_gradient_tape
 
@@ -40,8 +41,8 @@ def test_a_job_leaves_no_training_graph_behind_for_the_next(trainer):
     for seed in range(4):
         cfg = compose(ROOT, ["dataset=blobs", f"trainer={trainer}", "trainer.epochs=1", "trainer.verbose=0",
                              f"seed={seed}"])
-        model, x, y = prepare(cfg, data)
-        fit(model, x, y, cfg, None)
+        model, x, y = prepare(cfg, head_of(cfg), data)
+        fit(model, x, y, cfg, None, **({} if trainer == "fit" else {"head": head_of(cfg)}))
         del model
         after.append(_live_graphs())
     # the last job's graphs live until the next job starts; none of the jobs before it

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from logitlab.evaluate.metrics import output_stats
-from logitlab.model.build import build_model, compile_model, loss_for
-from logitlab.evaluate.numerics import probabilities, softmax
+from helpers import build_model, compile_model, loss_for, probabilities
+from logitlab.model.heads import softmax
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +82,13 @@ def test_binary_heads_have_one_output_and_sigmoid_sums_do_not_matter(x):
     assert np.abs(multi.sum(axis=1) - 1).max() > 0.1  # the mismatched head's outputs do not sum to 1
 
 
-def test_unknown_task_or_head_for_a_task_is_a_user_error():
+def test_a_head_entry_whose_class_is_no_head_is_one_line():
+    from helpers import ROOT
     from logitlab.errors import UserError
-    from logitlab.model.heads import check_head
+    from logitlab.model.heads import head_of
+    from logitlab.schema import compose
 
-    with pytest.raises(UserError, match="unknown model.head 'softmax' for task binary; valid: sigmoid, logit, sigmoid_strict"):
-        check_head("binary", "softmax")
-    with pytest.raises(UserError, match="unknown task 'ternary'; valid: multiclass, binary"):
-        check_head("ternary", "logit")
-    assert check_head("binary", "logit").from_logits
+    with pytest.raises(UserError, match=r"^heads.logit: 'logitlab.data.blobs.Blobs' is not a logitlab.model.heads.Head$"):
+        head_of(compose(ROOT, ["heads.logit._target_=logitlab.data.blobs.Blobs"]))
+    with pytest.raises(UserError, match=r"^heads.logit: cannot find the class 'mypkg.Nope'"):
+        head_of(compose(ROOT, ["heads.logit._target_=mypkg.Nope"]))

@@ -4,15 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from logitlab.model.build import build_model, compile_model, head_weights
+from helpers import build_model, compile_model, numerics, reference_loss
+from logitlab.model.build import head_weights
 from logitlab.evaluate.numerics import (
     CLIP_CEILING,
     EPSILON,
     _keras_loss,
     clipped_true_class,
     naive_softmax,
-    numerics,
-    reference_loss,
     softmax,
 )
 
@@ -90,7 +89,7 @@ def test_the_logit_rescue_holds_at_float32_only(precision, rescued):
     float32 first; a float16, bfloat16 or float64 output is cast, the cast carries no attached logits,
     and the softmax head trains on clipped probabilities exactly as softmax_strict does. At float32 it
     trains exactly as the logit head. A Keras release that changes either fails here."""
-    from logitlab.evaluate.numerics import training_path
+    from helpers import training_path
 
     x, y = _blobs(160)
     models = {head: _trained(head, precision, x, y) for head in ("softmax", "logit", "softmax_strict")}
@@ -183,7 +182,7 @@ def test_a_binary_head_counts_each_probability_once_and_never_as_one_minus_p():
 
 
 def test_a_binary_logit_heads_rest_probability_is_sigmoid_of_minus_z():
-    from logitlab.evaluate.numerics import class_probabilities
+    from helpers import class_probabilities
 
     z = np.array([[20.0], [-3.0]], dtype=np.float32)
     rest, positive = class_probabilities(z, "binary", "logit").T

@@ -77,8 +77,8 @@ def leftovers(tmp_path):
         ("train", ["dataset=cifar"], "unknown dataset 'cifar'; valid: blobs, mnist"),
         ("train", ["trainer=foo"], "unknown trainer 'foo' in override 'trainer=foo'; valid: fit, gradient_tape"),
         ("train", ["trainer.name=foo"], "trainer.name: Invalid value 'foo', expected one of [fit, gradient_tape]"),
-        ("train", ["task=binary", "model.head=softmax"], "unknown model.head 'softmax' for task binary; valid: sigmoid, "
-                                                         "logit, sigmoid_strict"),
+        ("train", ["task=binary", "model.head=softmax"], "unknown model.head 'softmax' for task binary; valid: logit, "
+                                                         "sigmoid, sigmoid_strict"),
         ("train", ["trainer.epochs=-1"], "trainer.epochs must be a positive whole number, got -1"),
         ("train", ["trainer.epochs=0"], "trainer.epochs must be a positive whole number, got 0"),
         ("train", ["trainer.batch_size=0"], "trainer.batch_size must be a positive whole number, got 0"),
@@ -113,7 +113,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, stage, args, message):
 
 
 def test_a_bad_value_is_refused_before_tensorflow_is_imported():
-    script = ("import sys; from logitlab import app\nsys.argv = sys.argv[1:]\n"
+    script = ("import sys; from logitlab.stages import app\nsys.argv = sys.argv[1:]\n"
               "try:\n    app.launch(lambda: None, sys.argv[0])\nexcept SystemExit as exc:\n    code = exc.code\n"
               "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     proc = subprocess.run([PYTHON, "-c", script, str(ROOT / "pipelines" / "train.py"), "trainer.epochs=0"],

@@ -68,13 +68,6 @@ def test_a_damaged_file_names_itself_and_the_command_that_remakes_it(tmp_path, d
     assert "\n" not in message
 
 
-def test_every_dataset_of_the_schema_has_a_fetcher_and_a_preprocessor():
-    from logitlab.data.preprocess import FETCHERS, PREPROCESSORS
-    from logitlab.schema import DatasetsConf
-
-    assert set(FETCHERS) == set(PREPROCESSORS) == set(DatasetsConf().names()) == {"mnist", "blobs"}
-
-
 def test_files_written_atomically_get_the_mode_open_would_give_them(tmp_path):
     import os
     import stat
@@ -86,3 +79,24 @@ def test_files_written_atomically_get_the_mode_open_would_give_them(tmp_path):
     path = write_json(tmp_path / "metrics.json", {"a": 1})
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, "not mkstemp's owner-only 0600"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "no temporary file left"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda a: a.pop("i_test"), "datasets.toy: preprocess returned no i_test; it must return x_train, y_train"),
+    (lambda a: a.update(x_train=a["x_train"].astype(np.float64)), "datasets.toy: preprocess must return x_train as "
+                                                                   "float32 (examples, features)"),
+    (lambda a: a.update(y_test=np.array([0, 5])), "datasets.toy: labels of x_test span 0..5, beyond "
+                                                   "datasets.toy.num_classes=3"),
+    (lambda a: a.update(x_test=np.zeros((2, 4), np.float32)), "datasets.toy: x_train has 2 features, x_test 4"),
+])
+def test_a_plugin_whose_preprocess_returns_the_wrong_arrays_is_told_in_one_line(damage, message):
+    from logitlab.data.preprocess import check_processed
+
+    arrays = {"x_train": np.zeros((4, 2), np.float32), "y_train": np.array([0, 1, 2, 0]),
+              "x_test": np.zeros((2, 2), np.float32), "y_test": np.array([1, 2]),
+              "i_train": np.arange(4), "i_test": np.arange(4, 6)}
+    check_processed(arrays, "toy", 3)  # as a plug-in should return them
+    damage(arrays)
+    with pytest.raises(UserError) as caught:
+        check_processed(arrays, "toy", 3)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, app, runs_of, subprocess_env
-from logitlab.model.build import build_model, compile_model
+from helpers import build_model, compile_model
 from logitlab.train.checkpoint import CHECKPOINT_DIR, Checkpoint, enabled, restore
 
 
@@ -221,8 +221,8 @@ def test_a_checkpoint_of_a_run_this_store_lacks_starts_afresh(tmp_path):
 
     from helpers import tiny_blobs
     from logitlab.schema import compose, config_hash
-    from logitlab.sweep import Job
-    from logitlab.train.stage import train
+    from logitlab.stages.job import Job
+    from logitlab.stages.train import train
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = compose(ROOT, [*tiny_blobs(tmp_path), "trainer.epochs=2", "trainer.checkpoint=true", "trainer.verbose=0",

@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers import ROOT
+from logitlab.data.dataset import dataset_of
 from logitlab.errors import UserError
 from logitlab.schema import Layout, Task, TrainerName, compose, flatten, load, params_drift, run_params
 
@@ -26,17 +27,18 @@ def test_drift_is_detected(tmp_path):
 def test_params_yaml_loads_through_the_schema_as_the_dvc_stages_load_it():
     cfg = load(OmegaConf.load(ROOT / "params.yaml"))
     assert cfg.task is Task.multiclass and cfg.trainer.name is TrainerName.fit and cfg.layout is Layout.job
-    assert cfg.datasets.blobs.num_classes == 4 and cfg.ds.name == "mnist" and cfg.ds.preprocess.scale == 255.0
+    assert cfg.datasets["blobs"].num_classes == 4 and cfg.ds.name == "mnist" and cfg.ds.preprocess["scale"] == 255.0
 
 
 def test_defaults_reproduce_the_reference():
     cfg = compose(ROOT)
     assert cfg.optimizer.lr == 0.001 and cfg.trainer.epochs == 10 and cfg.model.layers == [25, 15]
-    blobs = cfg.datasets.blobs
-    assert blobs.fetch.n_samples == 2000 and blobs.fetch.random_state == 30 and blobs.fetch.cluster_std == 1.0
-    assert blobs.fetch.centers == [[-5, 2], [-2, -2], [1, 2], [5, -2]]
-    assert blobs.preprocess.test_size == 0.2
-    assert [s["type"] for s in cfg.datasets.mnist.fetch.sources] == ["url", "pip_wheel", "file"]
+    blobs = dataset_of(cfg, "blobs")
+    fetch = blobs.fetch_settings
+    assert fetch.n_samples == 2000 and fetch.random_state == 30 and fetch.cluster_std == 1.0
+    assert fetch.centers == [[-5, 2], [-2, -2], [1, 2], [5, -2]]
+    assert blobs.preprocess_settings.test_size == 0.2
+    assert [s["type"] for s in dataset_of(cfg, "mnist").fetch_settings.sources] == ["url", "pip_wheel", "file"]
     assert compose(ROOT, ["model=mlp_784_256"]).model.layers == [784, 256]
 
 
@@ -62,7 +64,7 @@ def test_batch_size_falls_back_to_the_dataset():
                              "name, epochs, batch_size, validation_split, steps_per_execution, jit_compile, "
                              "shuffle_buffer, log_every_n_steps, max_loss, verbose"),
         ("+trainer.foo=1", "unknown key 'trainer.foo'; valid under trainer: name, epochs, batch_size"),
-        ("+colour=red", "unknown key 'colour'; valid at the top level: datasets, model, trainer"),
+        ("+colour=red", "unknown key 'colour'; valid at the top level: datasets, heads, model, trainer"),
         # refused by the checks types cannot make
         ("dataset=cifar", "unknown dataset 'cifar'; valid: blobs, mnist"),
         ("model.head=tanh", "unknown model.head 'tanh' for task multiclass; valid: softmax, logit, softmax_strict, sigmoid"),
@@ -79,14 +81,6 @@ def test_batch_size_falls_back_to_the_dataset():
         ("report.digits=0", "report.digits must be a positive whole number, got 0"),
         ("evaluate.batch_size=0", "evaluate.batch_size must be a positive whole number, got 0"),
         ("tracking.retries=-1", "tracking.retries must be a whole number >= 0, got -1"),
-        ("datasets.blobs.preprocess.test_size=1.5", "datasets.blobs.preprocess.test_size must be a number in (0, 1), got 1.5"),
-        ("datasets.blobs.preprocess.test_size=0", "datasets.blobs.preprocess.test_size must be a number in (0, 1), got 0.0"),
-        ("datasets.blobs.preprocess.test_size=half", "datasets.blobs.preprocess.test_size: Value 'half' of type 'str' "
-                                                     "could not be converted to Float"),
-        ("datasets.blobs.fetch.n_samples=0", "datasets.blobs.fetch.n_samples must be a positive whole number, got 0"),
-        ("datasets.mnist.preprocess.scale=0", "datasets.mnist.preprocess.scale must be a positive number, got 0.0"),
-        ("+datasets.mnist.fetch.mirror=x", "unknown key 'datasets.mnist.fetch.mirror'; valid under datasets.mnist.fetch: "
-                                           "sources, timeout_s, array_sha256"),
     ],
 )
 def test_bad_settings_are_one_line_user_errors(override, message):
@@ -96,8 +90,52 @@ def test_bad_settings_are_one_line_user_errors(override, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("datasets.blobs.preprocess.test_size=1.5", "datasets.blobs.preprocess.test_size must be a number in (0, 1), got 1.5"),
+        ("datasets.blobs.preprocess.test_size=0", "datasets.blobs.preprocess.test_size must be a number in (0, 1), got 0"),
+        ("datasets.blobs.preprocess.test_size=half", "datasets.blobs.preprocess.test_size: Value 'half' of type 'str' "
+                                                     "could not be converted to Float"),
+        ("datasets.blobs.fetch.n_samples=0", "datasets.blobs.fetch.n_samples must be a positive whole number, got 0"),
+        ("datasets.mnist.preprocess.scale=0", "datasets.mnist.preprocess.scale must be a positive number, got 0"),
+        ("+datasets.mnist.fetch.mirror=x", "unknown key 'datasets.mnist.fetch.mirror'; valid under datasets.mnist.fetch: "
+                                           "sources, timeout_s, array_sha256"),
+        ("datasets.blobs._target_=logitlab.data.blobs.Nope", "datasets.blobs: cannot find the class 'logitlab.data.blobs.Nope'"),
+        ("datasets.blobs._target_=logitlab.model.heads.Head", "datasets.blobs: 'logitlab.model.heads.Head' is not a "
+                                                               "logitlab.data.dataset.Dataset"),
+    ],
+)
+def test_a_dataset_plugin_checks_its_own_settings_in_one_line(override, message):
+    """A dataset's fetch and preprocess settings are typed and checked by its class, when a stage
+    instantiates it (logitlab.data.dataset.dataset_of)."""
+    name = override.lstrip("+").split(".")[1]
+    cfg = compose(ROOT, [override])
+    with pytest.raises(UserError) as caught:
+        dataset_of(cfg, name)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_dataset_and_head_of_the_config_is_a_plugin_hydra_instantiates():
+    from logitlab.data.dataset import Dataset
+    from logitlab.model.heads import Head, head_of
+
+    cfg = compose(ROOT)
+    assert set(cfg.datasets) >= {"mnist", "blobs"} and set(cfg.heads) >= {"softmax", "logit"}
+    for name in cfg.datasets:
+        dataset = dataset_of(cfg, name)
+        assert isinstance(dataset, Dataset) and dataset.name == name
+        assert dataset.drawing().kind in ("image", "points", "none")
+    for task in ("multiclass", "binary"):
+        for name, spec in cfg.heads.items():
+            if task in spec.tasks:
+                head = head_of(compose(ROOT, [f"task={task}", f"model.head={name}"]))
+                assert isinstance(head, Head) and head.name == name and head.from_logits == spec.from_logits
+
+
 def test_a_head_must_fit_the_task():
-    with pytest.raises(UserError, match="unknown model.head 'softmax' for task binary; valid: sigmoid, logit, sigmoid_strict"):
+    with pytest.raises(UserError, match="unknown model.head 'softmax' for task binary; valid: logit, sigmoid, sigmoid_strict"):
         compose(ROOT, ["task=binary", "model.head=softmax"])
     with pytest.raises(UserError, match=r"datasets.blobs.binary.positive_class must be in 0..3, got 7"):
         compose(ROOT, ["task=binary", "dataset=blobs", "datasets.blobs.binary.positive_class=7"])

@@ -9,16 +9,24 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from helpers import PYTHON, app, subprocess_env, tiny_mnist, wait_for_http
+from helpers import PYTHON, ROOT, app, build_model, head, subprocess_env, tiny_mnist, wait_for_http
 
-ALL_HEADS = [("multiclass", h) for h in ("softmax", "logit", "softmax_strict", "sigmoid")] + [
-    ("binary", h) for h in ("sigmoid", "logit", "sigmoid_strict")]
-LOGIT_HEADS = {"logit"}
+
+def _heads():
+    from logitlab.schema import compose
+
+    return compose(ROOT).heads
+
+
+# Every head of conf/heads/ for every task it serves: a new head is tested without editing this file.
+ALL_HEADS = [(str(task), name) for name, spec in _heads().items() for task in spec.tasks]
+LOGIT_HEADS = {name for name, spec in _heads().items() if spec.from_logits}
 
 
 @pytest.fixture(scope="module")
@@ -37,38 +45,37 @@ def x():
     return np.random.default_rng(0).normal(0, 3, size=(64, 6)).astype(np.float32)
 
 
-def logged(task: str, head: str, x: np.ndarray, seed: int = 0):
-    """A model of `head` (random weights, large enough to saturate), logged in a run of its own."""
+def logged(task: str, name: str, x: np.ndarray, seed: int = 0):
+    """A model of the head `name` (random weights, large enough to saturate), logged in a run of its own."""
     import keras
     import mlflow
 
-    from logitlab.model.build import build_model
     from logitlab.serving.pyfunc import log_model
 
     keras.utils.set_random_seed(seed)
-    model = build_model(x.shape[1], 5, [16], head, task=task)
+    model = build_model(x.shape[1], 5, [16], name, task=task)
     with mlflow.start_run() as run:
-        info = log_model(model, name=f"{task}-{head}", task=task, head=head, n_classes=5, example=x, tags={"head": head},
-                         step=0)
+        info = log_model(model, name=f"{task}-{name}", task=task, head=head(name), n_classes=5, example=x,
+                         tags={"head": name}, step=0)
     return model, info, run.info.run_id
 
 
-@pytest.mark.parametrize("task, head", ALL_HEADS)
-def test_every_head_serves_probabilities_and_the_class_and_keeps_its_raw_outputs(store, x, task, head):
+@pytest.mark.parametrize("task, name", ALL_HEADS)
+def test_every_head_serves_probabilities_and_the_class_and_keeps_its_raw_outputs(store, x, task, name):
     import mlflow
 
-    model, info, _ = logged(task, head, x)
+    model, info, _ = logged(task, name, x)
     raw = np.asarray(model(x, training=False))
     served = mlflow.pyfunc.load_model(info.model_uri).predict(x)
 
-    probs = (expit(raw) if task == "binary" else softmax(raw, axis=1)) if head in LOGIT_HEADS else raw
+    probs = (expit(raw) if task == "binary" else softmax(raw, axis=1)) if name in LOGIT_HEADS else raw
     per_class = np.concatenate([1 - probs, probs], axis=1) if task == "binary" else probs
     k = per_class.shape[1]
     assert list(served.columns) == [f"prob_{i}" for i in range(k)] + ["class"]
     np.testing.assert_allclose(served[[f"prob_{i}" for i in range(k)]].to_numpy(), per_class, rtol=1e-5, atol=1e-7)
     expected_class = (probs[:, 0] >= 0.5).astype(int) if task == "binary" else per_class.argmax(axis=1)
     np.testing.assert_array_equal(served["class"].to_numpy(), expected_class)
-    if head != "sigmoid" or task == "binary":
+    if head(name).softmax_of_logits(task):  # one sigmoid per class need not sum to 1
         np.testing.assert_allclose(per_class.sum(axis=1), 1, rtol=1e-5)
 
     keras_again = mlflow.keras.load_model(info.model_uri)  # the Keras flavor: the raw outputs, as trained
@@ -102,13 +109,13 @@ def test_the_logged_model_has_a_signature_an_example_and_pinned_requirements(sto
     assert mlflow.get_logged_model(info.model_id).source_run_id == run_id
 
 
-def register(x, head: str, loss: float, task: str = "multiclass", trainer: str = "fit"):
+def register(x, name: str, loss: float, task: str = "multiclass", trainer: str = "fit"):
     from logitlab.serving.registry import register
 
-    _, info, run_id = logged(task, head, x)
+    _, info, run_id = logged(task, name, x)
     metrics = {"test_loss": loss, "test_accuracy": 0.9, "test_loss_f64": loss}
-    return register(info.model_id, run_id, dataset="toy", task=task, head=head, trainer=trainer,
-                    variant=f"toy-{head}", metrics=metrics)
+    return register(info.model_id, run_id, dataset="toy", task=task, head=head(name), trainer=trainer,
+                    variant=f"toy-{name}", metrics=metrics)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +172,52 @@ def test_serve_refuses_an_unknown_alias_in_one_line_before_starting_a_server(sto
     assert proc.stdout == "", "nothing was served"
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no weights"])
+def test_a_damaged_model_is_one_line_naming_it_and_the_stage_that_remakes_it(store, x, tmp_path, damage):
+    """The logged model.keras behind a registry alias is damaged: loading it (registry.load) and serving
+    it (python -m logitlab serve) each say so in one line, with the DVC stage that trains and registers
+    that variant again, and exit 2 without a traceback or a server."""
+    import shutil
+    import zipfile
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    from logitlab.errors import UserError
+    from logitlab.serving import registry
+
+    _, info, run_id = logged("multiclass", "logit", x)
+    registry.register(info.model_id, run_id, dataset=f"broken{damage[0]}", task="multiclass", head=head("logit"),
+                      trainer="fit", variant="broken-logit", stage="train@broken-logit",
+                      metrics={"test_loss": 0.1, "test_accuracy": 0.9, "test_loss_f64": 0.1})
+    folder = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path)
+    keras_file = folder / "data" / "model.keras"
+    body = keras_file.read_bytes()
+    if damage == "truncated":
+        keras_file.write_bytes(body[: len(body) // 2])
+    elif damage == "garbage":
+        keras_file.write_bytes(b"\0" * len(body))
+    else:  # a whole archive without its weights
+        kept = tmp_path / "kept.keras"
+        with zipfile.ZipFile(keras_file) as old, zipfile.ZipFile(kept, "w") as new:
+            for member in old.namelist():
+                if member != "model.weights.h5":
+                    new.writestr(member, old.read(member))
+        shutil.copy(kept, keras_file)
+    uri = f"models:/logitlab-broken{damage[0]}@logit"
+    expected = f"model {uri} is damaged ("
+    with pytest.raises(UserError) as caught:
+        registry.load(uri, store)
+    message = str(caught.value)
+    assert message.startswith(expected) and message.endswith("; remake it: dvc repro -f train@broken-logit")
+    assert "\n" not in message
+    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", uri, "--tracking-uri", store],
+                          capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"logitlab serve: error: {message}"]
+    assert "Traceback" not in proc.stderr and proc.stdout == "", "nothing was served"
+
+
 def test_serving_without_a_store_says_how_to_make_one(tmp_path):
     proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-mnist@champion", "--root",
                            str(tmp_path)], capture_output=True, text=True, timeout=120, env=subprocess_env())
@@ -199,10 +252,10 @@ def test_the_champion_is_served_on_loopback(tmp_path):
     data = tiny_mnist(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = subprocess_env()
-    for head in ("softmax", "logit"):
-        trained = subprocess.run(app("train", *data, f"model.head={head}", "trainer.epochs=2", "trainer.verbose=0",
+    for name in ("softmax", "logit"):
+        trained = subprocess.run(app("train", *data, f"model.head={name}", "trainer.epochs=2", "trainer.verbose=0",
                                      "tracking.register=true", f"tracking.uri='{uri}'",
-                                     f"hydra.run.dir={tmp_path / head}"),
+                                     f"hydra.run.dir={tmp_path / name}"),
                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert trained.returncode == 0, trained.stderr[-3000:]
 

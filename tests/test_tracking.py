@@ -9,10 +9,10 @@ import pytest
 from types import SimpleNamespace
 
 from helpers import ROOT
-from logitlab.data.preprocess import fetch, preprocess
+from logitlab.stages.data import fetch, preprocess
 from logitlab.schema import TrackingConf, compose
-from logitlab.sweep import Job
-from logitlab.tracking.redaction import redact_text
+from logitlab.stages.job import Job
+from logitlab.errors import redact_text
 from logitlab.tracking.store import setup, tracking_uri
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -36,7 +36,7 @@ def job(directory: Path, **kw) -> Job:
 def trained(tmp_path_factory):
     import mlflow
 
-    from logitlab.train.stage import Files, train
+    from logitlab.stages.train import Files, train
 
     tmp = tmp_path_factory.mktemp("tracking")
     (tmp / "store").mkdir()
@@ -145,7 +145,7 @@ def test_the_stage_files_hold_what_the_run_holds(trained, tmp_path):
 
 
 def test_pipeline_layout_names_the_files_after_the_variant(tmp_path):
-    from logitlab.train.stage import Files
+    from logitlab.stages.train import Files
 
     cfg = compose(ROOT, ["dataset=blobs", "task=binary", "model.head=sigmoid", "layout=pipeline",
                          f"paths.models={tmp_path / 'm'}"])

@@ -44,7 +44,7 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
 
 
 def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from logitlab.tracking.redaction import redact_text as redact
+    from logitlab.errors import redact_text as redact
 
     cmd, env = server_command(args)
     if args.host != LOOPBACK:
@@ -61,7 +61,7 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     once the model URI is known to name a registered model; a UserError otherwise."""
     from logitlab.errors import UserError
     from logitlab.schema import TrackingConf
-    from logitlab.serving.registry import check_model_uri
+    from logitlab.serving.registry import check_model_files, check_model_uri
     from logitlab.tracking.store import client_limits, tracking_uri
 
     conf = TrackingConf(uri=args.tracking_uri)
@@ -71,6 +71,7 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
                         "--tracking-uri (or set MLFLOW_TRACKING_URI)")
     client_limits(conf)  # a server that does not answer fails within seconds
     check_model_uri(args.model, uri)
+    check_model_files(args.model, uri)  # a damaged model fails here in one line, not in MLflow's server
     bin_dir = Path(sys.executable).parent
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", args.model, "--env-manager", "local",
            "--host", args.host, "--port", str(args.port)]
@@ -80,8 +81,7 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from logitlab.errors import RunFailed, UserError, first_line
-    from logitlab.tracking.redaction import redact_text
+    from logitlab.errors import RunFailed, UserError, first_line, redact_text
 
     try:
         cmd, env = serve_command(args)

@@ -1,16 +1,19 @@
-"""Blobs: the reference's make_blobs, split into a stratified, seeded train and test set (the
-settings as logitlab.schema checked them)."""
+"""Blobs: the reference's make_blobs, split into a stratified, seeded train and test set; points in
+the plane, drawn as decision regions."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from logitlab.data.dataset import Dataset, Drawing
 from logitlab.files import load_arrays, save_arrays
+from logitlab.schema.check import fraction, positive, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +47,35 @@ def preprocess_blobs(split: Mapping[str, Any], raw: Path) -> dict[str, np.ndarra
     }
 
 
+@dataclass
+class BlobsFetch:  # sklearn's make_blobs
+    n_samples: int = 2000
+    centers: list[Any] = field(default_factory=list)
+    cluster_std: float = 1.0
+    random_state: int = 30
+
+
+@dataclass
+class BlobsPreprocess:  # a stratified train/test split
+    test_size: float = 0.2
+    random_state: int = 0
+
+
+class Blobs(Dataset):
+    """conf/datasets/blobs.yaml: `_target_: logitlab.data.blobs.Blobs`."""
+
+    Fetch, Preprocess = BlobsFetch, BlobsPreprocess
+
+    def check(self) -> None:
+        positive_int(self.fetch_settings.n_samples, f"datasets.{self.name}.fetch.n_samples")
+        positive(self.fetch_settings.cluster_std, f"datasets.{self.name}.fetch.cluster_std")
+        fraction(self.preprocess_settings.test_size, f"datasets.{self.name}.preprocess.test_size")
+
+    def fetch(self, target: Path) -> str:
+        return generate_blobs(asdict(self.fetch_settings), target)
+
+    def preprocess(self, raw: Path) -> dict[str, np.ndarray]:
+        return preprocess_blobs(asdict(self.preprocess_settings), raw)
+
+    def drawing(self) -> Drawing:
+        return Drawing.points()

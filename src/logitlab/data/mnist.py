@@ -9,11 +9,13 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from logitlab.data.dataset import Dataset, Drawing
 from logitlab.data.sources import (
     DEFAULT_FORMAT,
     SOURCE_FAILURES,
@@ -23,6 +25,7 @@ from logitlab.data.sources import (
 )
 from logitlab.errors import UserError
 from logitlab.files import load_arrays, save_arrays
+from logitlab.schema.check import positive
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +138,34 @@ def preprocess_mnist(settings: Mapping[str, Any], raw: Path) -> dict[str, np.nda
     out["i_train"] = np.arange(n_train, dtype=np.int64)
     out["i_test"] = np.arange(n_train, n_train + len(out["x_test"]), dtype=np.int64)
     return out
+
+
+@dataclass
+class MnistFetch:
+    sources: list[Any] = field(default_factory=list)            # tried in order (logitlab.data.sources)
+    timeout_s: float = 30.0
+    array_sha256: dict[str, Any] | None = field(default_factory=dict)  # each canonical array's sha256; null: unchecked
+
+
+@dataclass
+class MnistPreprocess:
+    scale: float = 255.0
+
+
+class Mnist(Dataset):
+    """conf/datasets/mnist.yaml: `_target_: logitlab.data.mnist.Mnist`."""
+
+    Fetch, Preprocess = MnistFetch, MnistPreprocess
+
+    def check(self) -> None:
+        positive(self.fetch_settings.timeout_s, f"datasets.{self.name}.fetch.timeout_s")
+        positive(self.preprocess_settings.scale, f"datasets.{self.name}.preprocess.scale")
+
+    def fetch(self, target: Path) -> str:
+        return fetch_mnist(asdict(self.fetch_settings), target)
+
+    def preprocess(self, raw: Path) -> dict[str, np.ndarray]:
+        return preprocess_mnist(asdict(self.preprocess_settings), raw)
+
+    def drawing(self) -> Drawing:
+        return Drawing.image(28, 28)

@@ -1,53 +1,44 @@
-"""The data stages: fetch (or generate) a dataset's raw file, preprocess it into float32 train/test
-arrays, and load those for training: what DVC's fetch@ and preprocess@ stages run."""
+"""A processed file, as every dataset's `preprocess` writes it (float32 features, int labels, each
+split's positions in the fetched order), loaded for training and evaluation: the splits a job trains
+and evaluates on, and its labels for the task."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from logitlab.data.blobs import generate_blobs, preprocess_blobs
-from logitlab.data.mnist import MNIST_KEYS, fetch_mnist, preprocess_mnist
 from logitlab.errors import UserError
-from logitlab.files import load_arrays, save_arrays
+from logitlab.files import load_arrays
 from logitlab.schema import Config
 
 log = logging.getLogger(__name__)
 
-# Each dataset of the schema (logitlab.schema.DatasetsConf) and its fetcher: (its `fetch` settings, the raw file to write) -> where the data came from.
-FETCHERS: dict[str, Callable[[Mapping[str, Any], Path], str]] = {
-    "mnist": fetch_mnist,
-    "blobs": generate_blobs,
-}
-# Each dataset's preprocessor: (its `preprocess` settings, the raw file) -> float32 train/test arrays.
-PREPROCESSORS: dict[str, Callable[[Mapping[str, Any], Path], dict[str, np.ndarray]]] = {
-    "mnist": preprocess_mnist,
-    "blobs": preprocess_blobs,
-}
 # Every processed file has these: x_train, y_train, x_test, y_test, and each split's positions in
 # the order the data was fetched (i_train, i_test), which `splits` uses to put them back together.
-SPLITS = (*MNIST_KEYS, "i_train", "i_test")
+SPLITS = ("x_train", "y_train", "x_test", "y_test", "i_train", "i_test")
 
 
-def fetch(cfg: Config, root: Path, job: Any = None) -> None:
-    """Fetch (MNIST) or generate (blobs) the raw data of `cfg.dataset` (`job`: the Hydra job, unused)."""
-    FETCHERS[cfg.dataset](asdict(cfg.ds.fetch), cfg.path(root, "raw"))
-
-
-def preprocess(cfg: Config, root: Path, job: Any = None) -> dict[str, np.ndarray]:
-    """Raw data of `cfg.dataset` to float32 features (MNIST: flattened to 784, scaled to [0, 1]) and
-    int32 labels (`job`: the Hydra job, unused)."""
-    arrays = PREPROCESSORS[cfg.dataset](asdict(cfg.ds.preprocess), cfg.path(root, "raw"))
-    target = cfg.path(root, "processed")
-    save_arrays(target, arrays)
-    log.info("%s preprocessed: x_train %s, x_test %s -> %s",
-             cfg.dataset, arrays["x_train"].shape, arrays["x_test"].shape, target)
-    return arrays
+def check_processed(arrays: Mapping[str, np.ndarray], dataset: str, num_classes: int) -> None:
+    """What a dataset's `preprocess` returned, before it is written: every split, 2-D float32 features
+    of one width, as many labels as examples, labels in 0..num_classes-1. A plug-in that gets it wrong
+    is told in one line, and nothing is written."""
+    missing = [k for k in SPLITS if k not in arrays]
+    if missing:
+        raise UserError(f"datasets.{dataset}: preprocess returned no {', '.join(missing)}; it must return {', '.join(SPLITS)}")
+    for split in ("train", "test"):
+        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
+        if x.ndim != 2 or x.dtype != np.float32 or len(x) != len(y):
+            raise UserError(f"datasets.{dataset}: preprocess must return x_{split} as float32 (examples, features) "
+                            f"and one label per example; got x_{split} {x.dtype} {x.shape}, y_{split} {y.shape}")
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise UserError(f"datasets.{dataset}: labels of x_{split} span {y.min()}..{y.max()}, beyond "
+                            f"datasets.{dataset}.num_classes={num_classes}")
+    if arrays["x_train"].shape[1] != arrays["x_test"].shape[1]:
+        raise UserError(f"datasets.{dataset}: x_train has {arrays['x_train'].shape[1]} features, "
+                        f"x_test {arrays['x_test'].shape[1]}")
 
 
 def remake_processed(dataset: str) -> str:

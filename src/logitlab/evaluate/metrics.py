@@ -10,9 +10,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from logitlab.evaluate.numerics import numerics, predicted_class, probabilities
+from logitlab.evaluate.numerics import numerics, predicted_class
+from logitlab.model import compiled
 from logitlab.model.build import forward
-from logitlab.train import fast_fit
+from logitlab.model.heads import Head
 
 GRID_POINTS = 200  # per axis, for the decision regions of a dataset with two features
 
@@ -37,7 +38,7 @@ class Evaluation:
                 "labels": self.labels, **self.grid}
 
 
-def decision_grid(model: keras.Model, x: np.ndarray, task: str, head: str, batch: int) -> dict[str, np.ndarray]:
+def decision_grid(model: keras.Model, x: np.ndarray, task: str, head: Head, batch: int) -> dict[str, np.ndarray]:
     """For two features: the predicted class at each point of a GRID_POINTS² grid spanning the test
     points plus a margin of 1 (`grid_x0`, `grid_x1`, `grid_class`); nothing for other inputs."""
     if x.ndim != 2 or x.shape[1] != 2 or not len(x):
@@ -45,7 +46,7 @@ def decision_grid(model: keras.Model, x: np.ndarray, task: str, head: str, batch
     axes = [np.linspace(x[:, i].min() - 1, x[:, i].max() + 1, GRID_POINTS, dtype=np.float32) for i in (0, 1)]
     g0, g1 = np.meshgrid(*axes)
     points = np.c_[g0.ravel(), g1.ravel()]
-    classes = predicted_class(probabilities(forward(model, points, batch), task, head), task)
+    classes = predicted_class(head.probabilities(forward(model, points, batch), task), task)
     return {"grid_x0": axes[0], "grid_x1": axes[1], "grid_class": classes.reshape(g0.shape).astype(np.int16)}
 
 
@@ -73,12 +74,12 @@ def examples(outputs: np.ndarray, probs: np.ndarray, labels: np.ndarray, task: s
     ]
 
 
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, task: str, head: str, batch: int,
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, task: str, head: Head, batch: int,
              n_examples: int) -> Evaluation:
     """Evaluate `model` on the test set (x, y), labels `y` as the task trains on them."""
-    scores = fast_fit.evaluate(model, x, y, batch)
+    scores = compiled.evaluate(model, x, y, batch)
     outputs = forward(model, x, batch)
-    probs = probabilities(outputs, task, head)
+    probs = head.probabilities(outputs, task)
     labels = y.reshape(-1).astype(np.int64)
     metrics = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"]),
                **output_stats(outputs, probs)}

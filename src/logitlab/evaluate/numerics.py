@@ -13,54 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import log_expit, logsumexp
 
-from logitlab.model.heads import head_spec
+from logitlab.model.heads import Head, sigmoid, softmax  # noqa: F401  (softmax, sigmoid: re-exported)
 
 EPSILON = 1e-7                      # keras.config.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON]
 CLIP_CEILING = float(-np.log(np.float32(EPSILON)))  # 16.118..., the largest loss the probability path can give
-
-
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax: shifting by the max keeps exp() from overflowing."""
-    z = np.asarray(z)
-    e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 def naive_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """The reference notebooks' exp(z) / sum(exp(z)): overflows to inf/inf = nan for large logits."""
     e = np.exp(np.asarray(z))
     return e / e.sum(axis=axis, keepdims=True)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function, in z's dtype."""
-    z = np.asarray(z)
-    return np.exp(log_expit(z)).astype(z.dtype, copy=False)
-
-
-def probabilities(outputs: np.ndarray, task: str, head: str) -> np.ndarray:
-    """What the model says the probabilities are: its outputs, or softmax/sigmoid of a logit head's,
-    in the outputs' dtype (computed in float32 at least: NumPy has no bfloat16 exp of its own)."""
-    if not head_spec(task, head).from_logits:
-        return outputs
-    z = np.asarray(outputs)
-    wide = z.astype(np.promote_types(np.float32, z.dtype) if z.dtype.kind == "f" else np.float32)
-    return (sigmoid(wide) if task == "binary" else softmax(wide)).astype(z.dtype, copy=False)
-
-
-def class_probabilities(outputs: np.ndarray, task: str, head: str) -> np.ndarray:
-    """One column per class, from the head's raw outputs. A binary head's p becomes [P(rest), p]
-    without `1 - p` in float32, which turns every p < 3e-8 into exactly 1.0: a logit head's P(rest)
-    is sigmoid(-z), a sigmoid head's 1 - p is taken in float64."""
-    if task != "binary":
-        return probabilities(outputs, task, head)
-    if head_spec(task, head).from_logits:
-        z = np.asarray(outputs)
-        return np.concatenate([probabilities(-z, task, head), probabilities(z, task, head)], axis=1)
-    p = np.asarray(outputs, dtype=np.float64)
-    return np.concatenate([1 - p, p], axis=1)
 
 
 def argmax_ties(probs: np.ndarray) -> np.ndarray:
@@ -72,20 +35,6 @@ def argmax_ties(probs: np.ndarray) -> np.ndarray:
 
 def predicted_class(probs: np.ndarray, task: str) -> np.ndarray:
     return (probs[:, 0] >= 0.5).astype(np.int64) if task == "binary" else probs.argmax(axis=1)
-
-
-def reference_loss(z: np.ndarray, y: np.ndarray, task: str, head: str) -> np.ndarray:
-    """Per-example cross-entropy of the model's own probabilities, in float64 from its logits `z` (in its dtype)."""
-    z64 = np.asarray(z, dtype=np.float64)
-    if task == "binary":
-        t = y.reshape(-1).astype(np.float64)
-        z1 = z64.reshape(-1)
-        return -(t * log_expit(z1) + (1 - t) * log_expit(-z1))
-    rows = np.arange(len(y))
-    if head == "sigmoid":  # independent sigmoids, renormalized by the multi-class loss
-        log_p = log_expit(z64)
-        return logsumexp(log_p, axis=1) - log_p[rows, y]
-    return logsumexp(z64, axis=1) - z64[rows, y]
 
 
 def _keras_loss(y: np.ndarray, values: np.ndarray, task: str, from_logits: bool) -> np.ndarray:
@@ -112,7 +61,7 @@ def clipped_true_class(probs: np.ndarray, labels: np.ndarray, task: str) -> np.n
     return probs[np.arange(len(labels)), labels] <= low
 
 
-def training_path(model: Any, x: np.ndarray, task: str, head: str) -> str:
+def training_path(model: Any, x: np.ndarray, task: str, head: Head) -> str:
     """Which path the training loss takes, by the mechanism Keras itself checks: a loss told
     `from_logits`, or an output tensor still carrying the logits Keras attached to it
     (`_keras_logits`) once the loss has converted it to its own dtype, as `Loss.__call__` does. A
@@ -120,7 +69,7 @@ def training_path(model: Any, x: np.ndarray, task: str, head: str) -> str:
     logits: the softmax head then trains on clipped probabilities, as softmax_strict does."""
     import keras
 
-    if head_spec(task, head).from_logits:
+    if head.from_logits:
         return "logits"
     out = keras.ops.convert_to_tensor(model(x, training=False), dtype=model.loss.dtype)
     return "logits" if hasattr(out, "_keras_logits") else "probabilities"
@@ -136,16 +85,15 @@ def training_path_loss(model: Any, x: np.ndarray, y: np.ndarray, task: str, batc
 
 
 def last_layer_gradient_norms(
-    h: np.ndarray, kernel: np.ndarray, bias: np.ndarray, y: np.ndarray, task: str, head: str
+    h: np.ndarray, kernel: np.ndarray, bias: np.ndarray, y: np.ndarray, task: str, head: Head
 ) -> dict[str, float]:
     """Norm of d(mean loss)/d(kernel, bias) of the head, from probabilities and from logits: the head
     computed in the dtype of its inputs `h` (the model's compute dtype), the loss in float32."""
     import keras
     import tensorflow as tf
 
-    activation = head_spec(task, head).activation or ("sigmoid" if task == "binary" else "softmax")
     # tf.nn, not keras.activations: no logits get attached, so the probability path stays one.
-    squash = tf.nn.sigmoid if activation == "sigmoid" else tf.nn.softmax
+    squash = tf.nn.sigmoid if head.squash(task) == "sigmoid" else tf.nn.softmax
     inputs = tf.constant(h)
     w, b = tf.constant(kernel), tf.constant(bias)
     norms = {}
@@ -166,7 +114,7 @@ def last_layer_gradient_norms(
 
 
 def numerics(
-    model: Any, x: np.ndarray, y: np.ndarray, task: str, head: str, batch: int, outputs: np.ndarray | None = None,
+    model: Any, x: np.ndarray, y: np.ndarray, task: str, head: Head, batch: int, outputs: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Metrics and tags that tell the heads apart numerically, on a test set (x, y).
 
@@ -178,8 +126,8 @@ def numerics(
     z = head_logits(model, x, batch)    # the head's logits as the model computed them, in its dtype
     if outputs is None:
         outputs = forward(model, x, batch)
-    probs = probabilities(outputs, task, head)
-    reference = reference_loss(z, y, task, head)
+    probs = head.probabilities(outputs, task)
+    reference = head.reference_loss(z, y, task)
     metrics: dict[str, float] = {"test_loss_f64": float(reference.mean())}
     tags: dict[str, str] = {}
 
@@ -188,9 +136,9 @@ def numerics(
         "logits": _keras_loss(y, z, task, from_logits=True),
         "train": training_path_loss(model, x, y, task, batch),
     }
-    if task == "multiclass" and head == "sigmoid":
+    if not head.softmax_of_logits(task):
         # Softmax of these logits is not this head's model of the data: no "from logits" loss of it exists.
-        tags["numerics.logits_path"] = "n/a: sigmoid outputs are not softmax probabilities"
+        tags["numerics.logits_path"] = f"n/a: {head.squash(task)} outputs are not softmax probabilities"
         paths.pop("logits")
     for name, values in paths.items():
         error = np.abs(values.astype(np.float64) - reference)

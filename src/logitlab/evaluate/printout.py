@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from logitlab.data.dataset import Drawing
 from logitlab.evaluate.metrics import Evaluation
 from logitlab.evaluate.numerics import predicted_class
 from logitlab.files import atomic_path, write_text
-from logitlab.model.heads import head_spec
+from logitlab.model.heads import Head
 
 PRINTOUT_FILE, DIGITS_FILE = "notebook.txt", "notebook_digits.png"
 
@@ -30,12 +31,11 @@ def _extremes(values: np.ndarray) -> str:
     return f"largest value {np.max(values)} smallest value {np.min(values)}"
 
 
-def predict_printout(outputs: np.ndarray, probs: np.ndarray, task: str, head: str, n: int = 5) -> list[str]:
+def predict_printout(outputs: np.ndarray, probs: np.ndarray, task: str, head: Head, n: int = 5) -> list[str]:
     """The blobs notebooks' cells after `p = model.predict(X_train)`."""
     lines = [f"two example output vectors:\n {outputs[:2]}", _extremes(outputs)]
-    if head_spec(task, head).from_logits:
-        squash = "sigmoid" if task == "binary" else "softmax"
-        lines += [f"{squash} of the logits, two example output vectors:\n {probs[:2]}", _extremes(probs)]
+    if head.from_logits:
+        lines += [f"{head.squash(task)} of the logits, two example output vectors:\n {probs[:2]}", _extremes(probs)]
     predicted = predicted_class(probs, task)
     lines += [f"{outputs[i]}, category: {predicted[i]}" for i in range(min(n, len(outputs)))]
     return lines
@@ -53,7 +53,8 @@ def tape_printout(steps: Sequence[Any], outputs: np.ndarray, probs: np.ndarray, 
     return lines
 
 
-def draw_digits(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, path: Path, n: int = 3) -> Path:
+def draw_digits(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, path: Path,
+                shape: tuple[int, ...] = (28, 28), n: int = 3) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +62,7 @@ def draw_digits(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, p
 
     fig, axes = plt.subplots(1, n, figsize=(2.0 * n, 2.3), squeeze=False)
     for i, ax in enumerate(axes[0]):
-        ax.imshow(images[i].reshape(28, 28), cmap="gray")
+        ax.imshow(images[i].reshape(shape), cmap="gray")
         ax.set_title(f"label {labels[i]}, predicted {predicted[i]}", fontsize=8)
         ax.set_axis_off()
     fig.tight_layout()
@@ -71,17 +72,18 @@ def draw_digits(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, p
     return path
 
 
-def write_printout(folder: Path, result: Evaluation, x: np.ndarray, cfg: Any, steps: Sequence[Any]) -> list[Path]:
+def write_printout(folder: Path, result: Evaluation, x: np.ndarray, cfg: Any, head: Head,
+                   steps: Sequence[Any], drawing: Drawing) -> list[Path]:
     """notebook.txt (and the GradientTape notebook's notebook_digits.png) into `folder`; returns the
     files written."""
-    task, head = str(cfg.task), cfg.model.head
-    header = (f"# {cfg.experiment or cfg.variant}: the {head} head on {cfg.dataset} ({task}), "
+    task = str(cfg.task)
+    header = (f"# {cfg.experiment or cfg.variant}: the {head.name} head on {cfg.dataset} ({task}), "
               f"{len(result.outputs)} {cfg.evaluate.split} examples")
     tape = str(cfg.trainer.name) == "gradient_tape"
     body = (tape_printout(steps, result.outputs, result.probabilities, result.labels, task) if tape
             else predict_printout(result.outputs, result.probabilities, task, head))
     written = [write_text(folder / PRINTOUT_FILE, "\n".join([header, *body]) + "\n")]
-    if tape and x.ndim == 2 and x.shape[1] == 784 and len(x) >= 3:
+    if tape and drawing.kind == "image" and len(x) >= 3:
         predicted = predicted_class(result.probabilities, task)
-        written.append(draw_digits(x, result.labels, predicted, folder / DIGITS_FILE))
+        written.append(draw_digits(x, result.labels, predicted, folder / DIGITS_FILE, drawing.shape))
     return written

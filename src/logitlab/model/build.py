@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from logitlab.model.heads import head_spec
+from logitlab.model.heads import Head
 
 HEAD_LAYER = "head"
 
@@ -31,7 +31,7 @@ def n_outputs(task: str, n_classes: int) -> int:
 
 
 def build_model(
-    n_features: int, n_classes: int, layers: Sequence[int], head: str,
+    n_features: int, n_classes: int, layers: Sequence[int], head: Head,
     activation: str = "relu", task: str = "multiclass", precision: str = "float32",
 ) -> keras.Model:
     """Dense hidden layers, then the Dense head (named "head"), then DetachLogits for strict heads;
@@ -39,38 +39,22 @@ def build_model(
     leaks from one job of a sweep to the next; a mixed policy keeps float32 variables). The output
     is in the policy's compute dtype, as the reference notebooks' models would be under it: the
     cross-entropy casts it to its own float32, and that cast carries no attached logits."""
-    spec = head_spec(task, head)
     stack = [
         keras.Input(shape=(n_features,)),
         *(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}", dtype=precision)
           for i, units in enumerate(layers)),
-        keras.layers.Dense(n_outputs(task, n_classes), activation=spec.activation, name=HEAD_LAYER, dtype=precision),
+        keras.layers.Dense(n_outputs(task, n_classes), activation=head.activation, name=HEAD_LAYER, dtype=precision),
     ]
-    if spec.detached:
+    if head.detached:
         stack.append(DetachLogits(name="detach_logits", dtype=precision))
-    return keras.Sequential(stack, name=f"mlp_{task}_{head}")
-
-
-def loss_for(head: str, task: str = "multiclass") -> keras.losses.Loss:
-    """The task's cross-entropy, told whether the model's outputs are logits."""
-    from_logits = head_spec(task, head).from_logits
-    if task == "binary":
-        return keras.losses.BinaryCrossentropy(from_logits=from_logits)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-
-
-def accuracy_for(head: str, task: str = "multiclass") -> keras.metrics.Metric:
-    """Accuracy under the name `accuracy`: argmax for multi-class; for binary, a threshold at p = 0.5."""
-    if task == "binary":
-        return keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if head_spec(task, head).from_logits else 0.5)
-    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    return keras.Sequential(stack, name=f"mlp_{task}_{head.name}")
 
 
 def compile_model(
-    model: keras.Model, head: str, lr: float, steps_per_execution: int = 1, task: str = "multiclass",
+    model: keras.Model, head: Head, lr: float, steps_per_execution: int = 1, task: str = "multiclass",
     precision: str = "float32",
 ) -> keras.Model:
-    """Adam, the head's cross-entropy and accuracy; under mixed_float16 Adam scales the loss
+    """Adam, the head's cross-entropy and accuracy (`head.loss`, `head.accuracy`); under mixed_float16 Adam scales the loss
     (LossScaleOptimizer, as Keras does for a model under a global mixed_float16 policy), so small
     float16 gradients do not flush to zero."""
     optimizer = keras.optimizers.Adam(learning_rate=lr)
@@ -78,8 +62,8 @@ def compile_model(
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=loss_for(head, task),
-        metrics=[accuracy_for(head, task)],
+        loss=head.loss(task),
+        metrics=[head.accuracy(task)],
         steps_per_execution=steps_per_execution,
     )
     return model

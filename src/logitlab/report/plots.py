@@ -1,6 +1,7 @@
-"""The report's pictures: MNIST test digits with each variant's prediction, each blobs variant's
-decision regions, and the loss curves of every variant side by side (`dvc plots` and the MLflow UI
-draw each run's own).
+"""The report's pictures, each chosen by what a dataset's plug-in says an example is (an image, a
+point in the plane): image datasets' test examples with each variant's prediction, two-feature
+datasets' decision regions per variant, and the loss curves of every variant side by side (`dvc
+plots` and the MLflow UI draw each run's own).
 
 Each function takes the runs (one row each, as report.table makes them) and `artifact(row, name)`,
 which gives the local path of a run's outputs.npz, wherever the run keeps it, or `history(row)`, its
@@ -52,10 +53,11 @@ def _outputs(row: pd.Series, artifact: Artifact, *extra: str) -> dict[str, np.nd
     return load_arrays(artifact(row, OUTPUTS_FILE), ("outputs", "probabilities", "labels", *extra), remake=_remake(row))
 
 
-def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Examples, n: int) -> list[Path]:
-    """The first `n` MNIST digits each run was evaluated on, with the true label and the run's
-    prediction (red: wrong)."""
-    group = one_per_group(runs[(runs["tags.dataset"] == "mnist") & (runs["tags.task"] == "multiclass")])
+def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Examples, n: int,
+                dataset: str, shape: tuple[int, ...]) -> list[Path]:
+    """The first `n` images (H x W: `shape`) each multi-class run of `dataset` was evaluated on, with
+    the true label and the run's prediction (red: wrong)."""
+    group = one_per_group(runs[(runs["tags.dataset"] == dataset) & (runs["tags.task"] == "multiclass")])
     if group.empty:
         return []
     plt, fig, axes = figure(len(group), n, 1.3, 1.6)
@@ -66,23 +68,22 @@ def plot_digits(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Exa
         for ax in row[len(images):]:
             ax.set_axis_off()
         for i, ax in enumerate(row[:len(images)]):
-            ax.imshow(images[i].reshape(28, 28), cmap="gray")
+            ax.imshow(images[i].reshape(shape), cmap="gray")
             ax.set_axis_off()
             wrong = predicted[i] != arrays["labels"][i]
             ax.set_title(f"{arrays['labels'][i]}→{predicted[i]}", fontsize=8, color="red" if wrong else "black")
         row[0].text(-0.3, 0.5, run["label"], transform=row[0].transAxes, ha="right", va="center", fontsize=8)
-    fig.suptitle("MNIST test digits: true → predicted")
-    return [save_figure(plt, fig, out / "digits_mnist.png")]
+    fig.suptitle(f"{dataset} examples: true → predicted")
+    return [save_figure(plt, fig, out / f"digits_{dataset}.png")]
 
 
 def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, examples: Examples,
-                          positive_class: int) -> list[Path]:
-    """Each blobs variant's predicted class over the plane (its outputs.npz's grid), with the points
+                          positive_class: int, dataset: str) -> list[Path]:
+    """Each variant of `dataset` (two features): its predicted class over the plane (its outputs.npz's grid), with the points
     it was evaluated on. Class k is tab10's colour k in regions and points alike; binary: the configured positive
     class in its own colour, the rest grey."""
     written = []
-    blobs = runs[runs["tags.dataset"] == "blobs"]
-    for task, group in blobs.groupby("tags.task"):
+    for task, group in runs[runs["tags.dataset"] == dataset].groupby("tags.task"):
         group = one_per_group(group)
         cols = min(len(group), 4)
         plt, fig, axes = figure(-(-len(group) // cols), cols, 3.5, 3.2)
@@ -101,9 +102,9 @@ def plot_decision_regions(runs: pd.DataFrame, artifact: Artifact, out: Path, exa
             ax.set_title(run["label"], fontsize=8)
         for ax in list(axes.flat)[len(group):]:
             ax.set_axis_off()
-        fig.suptitle(f"blobs {task}: decision regions" + (f" (class {positive_class} against the rest)"
+        fig.suptitle(f"{dataset} {task}: decision regions" + (f" (class {positive_class} against the rest)"
                                                           if task == "binary" else ""))
-        written.append(save_figure(plt, fig, out / f"decision_regions_blobs_{task}.png"))
+        written.append(save_figure(plt, fig, out / f"decision_regions_{dataset}_{task}.png"))
     return written
 
 

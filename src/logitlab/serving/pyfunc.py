@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from logitlab.evaluate.numerics import class_probabilities, predicted_class, probabilities
-from logitlab.model.heads import head_spec
+from logitlab.evaluate.numerics import predicted_class
+from logitlab.model.heads import Head, instantiate
 
 FLAVOR = "keras"                 # the logged model's flavor, as the Models tab shows it
 CLASS_COLUMN = "class"
@@ -42,13 +42,13 @@ def columns(task: str, n_classes: int) -> list[str]:
     return [f"prob_{i}" for i in range(k)] + [CLASS_COLUMN]
 
 
-def predict_frame(outputs: np.ndarray, task: str, head: str) -> Any:
+def predict_frame(outputs: np.ndarray, task: str, head: Head) -> Any:
     """The head's raw outputs as the serving contract's DataFrame."""
     import pandas as pd
 
     outputs = np.asarray(outputs, dtype=np.float32)
-    probs = probabilities(outputs, task, head)
-    per_class = class_probabilities(outputs, task, head)
+    probs = head.probabilities(outputs, task)
+    per_class = head.class_probabilities(outputs, task)
     frame = pd.DataFrame(per_class, columns=columns(task, per_class.shape[1])[:-1])
     frame[CLASS_COLUMN] = predicted_class(probs, task)
     return frame
@@ -81,25 +81,26 @@ def requirements() -> list[str]:
 # --------------------------------------------------------------------------- the flavor module
 
 
-def save_model(model: Any, path: str, mlflow_model: Any = None, *, task: str, head: str,
+def save_model(model: Any, path: str, mlflow_model: Any = None, *, task: str, head: Head,
                validate_serving_input: bool = True, **keras_kwargs: Any) -> None:
     """mlflow.keras.save_model, with this module as the python_function loader (Model.log calls this;
     `validate_serving_input` is Model.log's own)."""
     import mlflow.keras
     from mlflow.models import Model
     from mlflow.models.model import MLMODEL_FILE_NAME
-    from mlflow.pyfunc import FLAVOR_NAME as PYFUNC, MAIN
+    from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
+    from mlflow.pyfunc import MAIN
 
     mlflow_model = mlflow_model if mlflow_model is not None else Model()
-    mlflow_model.metadata = {**(mlflow_model.metadata or {}), "logitlab.task": task, "logitlab.head": head,
-                             "logitlab.from_logits": head_spec(task, head).from_logits}
+    mlflow_model.metadata = {**(mlflow_model.metadata or {}), "logitlab.task": task, "logitlab.head": head.name,
+                             "logitlab.from_logits": head.from_logits, "logitlab.head_spec": head.spec()}
     os.makedirs(path, exist_ok=True)  # mlflow.keras.save_model writes the input example before it makes the folder
     mlflow.keras.save_model(model, path, mlflow_model=mlflow_model, **keras_kwargs)
     mlflow_model.flavors[PYFUNC][MAIN] = __name__
     mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
 
 
-def log_model(model: Any, *, name: str, task: str, head: str, n_classes: int, example: np.ndarray,
+def log_model(model: Any, *, name: str, task: str, head: Head, n_classes: int, example: np.ndarray,
               tags: dict[str, str], step: int) -> Any:
     """Log `model` as an MLflow logged model of the active run; returns MLflow's ModelInfo."""
     from mlflow.models import Model
@@ -117,7 +118,7 @@ def log_model(model: Any, *, name: str, task: str, head: str, n_classes: int, ex
 class HeadPredictor:
     """What mlflow.pyfunc.load_model wraps: the Keras model, and the head that says what its outputs are."""
 
-    def __init__(self, model: Any, task: str, head: str) -> None:
+    def __init__(self, model: Any, task: str, head: Head) -> None:
         self.model, self.task, self.head = model, task, head
 
     def get_raw_model(self) -> Any:
@@ -139,4 +140,13 @@ def _load_pyfunc(path: str, model_config: Any = None) -> HeadPredictor:
 
     conf = Model.load(os.path.join(path, MLMODEL_FILE_NAME))
     meta = conf.metadata or {}  # written by save_model above
-    return HeadPredictor(_load_keras_model(path, conf), meta["logitlab.task"], meta["logitlab.head"])
+    return HeadPredictor(_load_keras_model(path, conf), meta["logitlab.task"], logged_head(meta))
+
+
+def logged_head(meta: dict[str, Any]) -> Head:
+    """The head save_model wrote into a model's metadata. A model logged before the head's spec was
+    kept has its name and `from_logits` only, which is all its probabilities depend on: a probability
+    head's outputs pass through, a logit head's go through softmax (sigmoid for binary)."""
+    if "logitlab.head_spec" in meta:
+        return instantiate(meta["logitlab.head_spec"], meta["logitlab.head"])
+    return Head(name=meta["logitlab.head"], from_logits=bool(meta["logitlab.from_logits"]))

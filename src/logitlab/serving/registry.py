@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from logitlab.errors import UserError
-from logitlab.model.heads import head_spec
+from logitlab.errors import UserError, first_line, redact_text
+from logitlab.model.heads import Head
 from logitlab.schema import Task, TrainerName
-from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.store import store_call
 
 PREFIX = "logitlab"
 CHAMPION = "champion"
 RANKED_BY = "test_loss_f64"
 TAG_LOSS, TAG_FROM_LOGITS, TAG_VARIANT = f"logitlab.{RANKED_BY}", "logitlab.from_logits", "logitlab.variant"
+TAG_STAGE = "logitlab.stage"   # the DVC stage that trains and registers the version
+KERAS_FILE = "model.keras"     # the Keras flavor's file, in its data folder
 
 
 def registered_name(dataset: str, task: str) -> str:
@@ -46,8 +48,8 @@ class Registered:
     champion: str  # the alias that holds @champion now
 
 
-def register(model_id: str, run_id: str, *, dataset: str, task: str, head: str, trainer: str, variant: str,
-             metrics: dict[str, float]) -> Registered:
+def register(model_id: str, run_id: str, *, dataset: str, task: str, head: Head, trainer: str, variant: str,
+             metrics: dict[str, float], stage: str | None = None) -> Registered:
     """A new version of the dataset x task's registered model for the logged model `model_id`; the
     head's alias moves to it, and @champion to the best version any head's alias points at."""
     import mlflow
@@ -66,13 +68,14 @@ def register(model_id: str, run_id: str, *, dataset: str, task: str, head: str, 
                 raise
 
     store_call(f"create registered model {name}", create)
-    tags = {TAG_VARIANT: variant, "logitlab.head": head, "logitlab.trainer": trainer,
-            TAG_FROM_LOGITS: str(head_spec(task, head).from_logits),
+    tags = {TAG_VARIANT: variant, "logitlab.head": head.name, "logitlab.trainer": trainer,
+            **({TAG_STAGE: stage} if stage else {}),
+            TAG_FROM_LOGITS: str(head.from_logits),
             **{f"logitlab.{k}": repr(float(metrics[k])) for k in ("test_loss", "test_accuracy", RANKED_BY)}}
     version = store_call(f"register a version of {name}", client.create_model_version, name,
                          source=f"models:/{model_id}", run_id=run_id, model_id=model_id, tags=tags,
                          await_creation_for=0)
-    head_alias = alias(head, trainer)
+    head_alias = alias(head.name, trainer)
     store_call(f"set alias {name}@{head_alias}", client.set_registered_model_alias, name, head_alias, version.version)
     return Registered(name, str(version.version), head_alias, crown(client, name))
 
@@ -136,11 +139,66 @@ def check_model_uri(uri: str, tracking_uri: str) -> None:
                             f"{', '.join(map(str, versions)) or 'none'}")
 
 
+def check_model_files(uri: str, tracking_uri: str) -> Path:
+    """The files of the model `uri` names (already checked by check_model_uri), fetched as MLflow fetches
+    them, and read far enough to know they load: the MLmodel file, and the Keras file a whole zip
+    archive (every member's CRC checked) with the model's config and weights. A damaged one is a
+    UserError naming the model and what remakes it. Returns the local folder."""
+    import zipfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    version, location = _resolve(uri, tracking_uri)
+    local = Path(store_call(f"fetch the files of {uri}", mlflow.artifacts.download_artifacts,
+                            artifact_uri=location, tracking_uri=tracking_uri))
+    try:
+        conf = Model.load(str(local))
+        keras_file = local / conf.flavors["keras"]["data"] / KERAS_FILE
+        with zipfile.ZipFile(keras_file) as archive:
+            bad = archive.testzip()
+            members = set(archive.namelist())
+        if bad is not None:
+            raise ValueError(f"{KERAS_FILE}: member {bad} fails its CRC check")
+        if not {"config.json", "model.weights.h5"} <= members:
+            raise ValueError(f"{KERAS_FILE}: no config.json or model.weights.h5 in it")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, MlflowException) as exc:
+        if version is not None and version.tags.get(TAG_STAGE):
+            remake = f"dvc repro -f {version.tags[TAG_STAGE]}"
+        else:
+            run_id = version.run_id if version is not None else None
+            remake = "rerun the run that logged it" + (f" ({run_id})" if run_id else "")
+        raise UserError(f"model {uri} is damaged ({first_line(exc)}); remake it: {remake}") from None
+    return local
+
+
+def _resolve(uri: str, tracking_uri: str) -> tuple[Any, str]:
+    """The registry version `uri` names (None for a logged model's own URI) and its logged model's
+    artifact location, read from the store at `tracking_uri` (not the process's default)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    match = _URI.match(uri)
+    name = match["name"] if match else uri
+    version = None
+    if match and match["alias"]:
+        version = store_call(f"read {uri}", client.get_model_version_by_alias, name, match["alias"])
+    elif match and match["version"]:
+        version = store_call(f"read {uri}", client.get_model_version, name, match["version"])
+    # a version's logged model: its model_id, or the `models:/<model_id>` it was registered from
+    model_id = (getattr(version, "model_id", None) or str(version.source).removeprefix("models:/")
+                if version is not None else name)
+    return version, store_call(f"read logged model {model_id}", client.get_logged_model, model_id).artifact_location
+
+
 def load(uri: str, tracking_uri: str | None = None) -> Any:
-    """mlflow.pyfunc.load_model(uri), with the URI checked first (one line if it names nothing)."""
+    """mlflow.pyfunc.load_model(uri), with the URI and the model's files checked first (one line if it
+    names nothing, or if its files are damaged)."""
     import mlflow
 
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
     check_model_uri(uri, tracking_uri)
+    local = check_model_files(uri, tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(uri)
+    return mlflow.pyfunc.load_model(str(local))

@@ -7,16 +7,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from logitlab.errors import Diverged, Interrupted, StoreUnavailable, first_line
+from logitlab.errors import (
+    Diverged,
+    Interrupted,
+    StoreUnavailable,
+    first_line,
+    interrupts_end_the_run,
+    redact_text,
+)
 from logitlab.tracking.reaper import TAG_REASON, process_tags, reap_stale
-from logitlab.tracking.redaction import redact_text
 from logitlab.tracking.store import setup, store_call
 
 log = logging.getLogger(__name__)
@@ -88,37 +92,6 @@ class RunLog:
                 log.warning("tracking store: async write failed (%s): %s; writing again",
                             what, redact_text(first_line(exc))[:300])
                 store_call(what, self._client.log_batch, self.run_id, **batch)
-
-
-_pending: dict[str, str | None] = {"signal": None}
-
-
-@contextlib.contextmanager
-def interrupts_end_the_run() -> Iterator[None]:
-    """While the block runs, SIGTERM and SIGINT raise Interrupted (a KeyboardInterrupt). The signal is
-    also remembered, and `check_interrupted` (called every epoch) raises it again: an exception raised
-    while Python runs a destructor or a callback is printed and dropped, and the run must still end."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        _pending["signal"] = signal.Signals(signum).name
-        raise Interrupted(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        _pending["signal"] = None
-
-
-def check_interrupted() -> None:
-    """Raise Interrupted if SIGTERM or SIGINT arrived during the run (see interrupts_end_the_run)."""
-    if _pending["signal"]:
-        raise Interrupted(_pending["signal"])
 
 
 def _end(run_id: str, status: str, tags: Mapping[str, str]) -> None:

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from logitlab.errors import StoreUnavailable, first_line
-from logitlab.tracking.redaction import redact_text
+from logitlab.errors import StoreUnavailable, first_line, redact_text
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from logitlab.model.compiled import graph, results, test_function
+
 # XLA compiles each step into one cluster: worth it once a step's arithmetic outweighs the cluster's
 # launch cost. Measured (the lever rows of an earlier benchmark): 784-256-10 at batch 64 (235 MFLOP
 # per step) gained ~30%; 25-15-10 at batch 32 (~2.6 MFLOP) lost ~20%, blobs (~0.1 MFLOP) more.
@@ -65,60 +67,18 @@ def training_examples(n: int, validation_split: float) -> int:
     return int(math.floor(n * (1.0 - validation_split)))
 
 
-def _graph(fn, jit_compile: bool = False):
-    """tf.function(fn). Each job builds its own, traced once; TF's frequent-retracing warning counts
-    the traces of every function with the same code together, so it would blame a sweep's 5th job."""
-    function = tf.function(fn, jit_compile=jit_compile)
-    function._omit_frequent_tracing_warning = True
-    return function
-
-
-def _test_function(model: keras.Model, batch: int, jit_compile: bool):
-    """`test(x, y)`: the model's test_step over (x, y) in batches, in one graph call."""
-    test_step = _graph(lambda xb, yb: model.test_step((xb, yb)), jit_compile)
-
-    @_graph
-    def test(x: tf.Tensor, y: tf.Tensor) -> None:
-        for i in tf.range((tf.shape(x)[0] + batch - 1) // batch):
-            test_step(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
-
-    return test
-
-
 def _train_function(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch: int, jit_compile: bool):
     """`train(order, first, last)`: steps first..last-1 of an epoch, step i on the examples
     order[i*batch:(i+1)*batch] of (x, y) (the last step on what is left), in one graph call."""
-    train_step = _graph(lambda xb, yb: model.train_step((xb, yb)), jit_compile)
+    train_step = graph(lambda xb, yb: model.train_step((xb, yb)), jit_compile)
 
-    @_graph
+    @graph
     def train(order: tf.Tensor, first: tf.Tensor, last: tf.Tensor) -> None:
         for i in tf.range(first, last):
             index = order[i * batch:(i + 1) * batch]
             train_step(tf.gather(x, index), tf.gather(y, index))
 
     return train
-
-
-def evaluator(model: keras.Model, batch_size: int):
-    """`evaluate` as a function of (x, y) tensors, traced once, to call every epoch."""
-    test = _test_function(model, batch_size, jit_compile=False)
-
-    def run(x: tf.Tensor, y: tf.Tensor) -> dict[str, float]:
-        model.reset_metrics()
-        test(x, y)
-        return _results(model)
-
-    return run
-
-
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
-    """`model.evaluate(x, y, batch_size, return_dict=True)`: the same test_step, batches and metrics,
-    without the tf.data pipeline and iterator Keras builds for each call."""
-    return evaluator(model, batch_size)(tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(y))
-
-
-def _results(model: keras.Model, prefix: str = "") -> dict[str, float]:
-    return {f"{prefix}{k}": float(v) for k, v in model.get_metrics_result().items()}
 
 
 def fit(
@@ -155,7 +115,7 @@ def fit(
     y_val = tf.constant(y[n_train:]) if n_val else None
     steps = math.ceil(n_train / batch_size)
     jit = jit_enabled(jit_compile, model, batch_size)
-    train, test = _train_function(model, x_train, y_train, batch_size, jit), _test_function(model, batch_size, jit)
+    train, test = _train_function(model, x_train, y_train, batch_size, jit), test_function(model, batch_size, jit)
     if not model.optimizer.built:  # its variables exist before any graph is traced
         model.optimizer.build(model.trainable_variables)
 
@@ -174,14 +134,14 @@ def fit(
             last = min(first + steps_per_execution, steps)
             callback_list.on_train_batch_begin(first)
             train(order, tf.constant(first), tf.constant(last))
-            callback_list.on_train_batch_end(last - 1, _results(model) if verbose == 1 else None)
+            callback_list.on_train_batch_end(last - 1, results(model) if verbose == 1 else None)
             if model.stop_training:
                 break
-        epoch_logs = _results(model)
+        epoch_logs = results(model)
         if n_val:
             model.reset_metrics()
             test(x_val, y_val)
-            epoch_logs.update(_results(model, "val_"))
+            epoch_logs.update(results(model, "val_"))
         callback_list.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break

@@ -10,18 +10,27 @@ import gc
 import logging
 import math
 from collections.abc import Mapping
+from typing import Protocol
 
 import keras
 import numpy as np
 
 from logitlab.data.preprocess import labels_in_range, task_labels
-from logitlab.errors import Diverged
+from logitlab.errors import Diverged, check_interrupted
 from logitlab.model.build import build_model, compile_model
+from logitlab.model.heads import Head
 from logitlab.schema import Config
-from logitlab.tracking.runs import RunLog, check_interrupted
 from logitlab.train import fast_fit
 
 log = logging.getLogger(__name__)
+
+
+class MetricSink(Protocol):
+    """Where a trainer sends each epoch's (and step's) metrics: the stage hands in its MLflow run's
+    log (logitlab.tracking.runs.RunLog), or None. Training never talks to the store itself."""
+
+    def log(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
+
 
 def diverged(epoch: int, logs: Mapping[str, float], max_loss: float | None) -> Diverged | None:
     """A Diverged for the first loss of an epoch's logs that is NaN, infinite or above `max_loss`
@@ -38,9 +47,9 @@ def diverged(epoch: int, logs: Mapping[str, float], max_loss: float | None) -> D
 class EpochMetrics(keras.callbacks.Callback):
     """Each epoch's `loss`, `accuracy`, `val_loss`, `val_accuracy` to the run (through `metrics`; None:
     not logged); a diverged loss stops training and is kept in `diverged` (checked per epoch: no step
-    pays for it). A SIGTERM or Ctrl-C that Python dropped is raised here (logitlab.tracking.runs.check_interrupted)."""
+    pays for it). A SIGTERM or Ctrl-C that Python dropped is raised here (logitlab.errors.check_interrupted)."""
 
-    def __init__(self, max_loss: float | None, metrics: RunLog | None) -> None:
+    def __init__(self, max_loss: float | None, metrics: MetricSink | None) -> None:
         super().__init__()
         self.max_loss = max_loss
         self.metrics = metrics
@@ -56,7 +65,7 @@ class EpochMetrics(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
-def fit_compiled(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config, metrics: RunLog | None, *,
+def fit_compiled(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config, metrics: MetricSink | None, *,
                  initial_epoch: int = 0, saver: keras.callbacks.Callback | None = None) -> list[dict[str, float]]:
     """Keras fit's contract with the epochs in graph functions (`logitlab.train.fast_fit`), from
     `initial_epoch`, `saver` called at each epoch's end before its metrics are logged; returns each
@@ -117,8 +126,8 @@ def _drop_custom_gradients() -> int:
 _gc_frozen = False
 
 
-def prepare(cfg: Config, data: Mapping[str, np.ndarray]) -> tuple[keras.Model, np.ndarray, np.ndarray]:
-    """The compiled model of `cfg`, seeded, and its training examples and labels for `cfg.task`
+def prepare(cfg: Config, head: Head, data: Mapping[str, np.ndarray]) -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """The compiled model of `cfg` with `head`, seeded, and its training examples and labels for `cfg.task`
     (`data`: a processed file, or `splits` of one)."""
     x, labels = data["x_train"], data["y_train"]
     labels_in_range(labels, cfg)
@@ -126,7 +135,6 @@ def prepare(cfg: Config, data: Mapping[str, np.ndarray]) -> tuple[keras.Model, n
 
     _clear_session()
     keras.utils.set_random_seed(cfg.seed)
-    head = cfg.model.head
     precision = str(cfg.precision)
     model = build_model(x.shape[1], cfg.ds.num_classes, cfg.model.layers, head, cfg.model.activation, cfg.task,
                         precision)

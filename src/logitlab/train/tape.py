@@ -12,14 +12,13 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
-from mlflow.entities import Metric
 
-from logitlab.model.build import accuracy_for
+from logitlab.errors import check_interrupted
+from logitlab.model.compiled import evaluator
+from logitlab.model.heads import Head
 from logitlab.schema import Config
-from logitlab.tracking.runs import RunLog, check_interrupted
-from logitlab.train import fast_fit
 from logitlab.train.fast_fit import training_examples
-from logitlab.train.loop import diverged
+from logitlab.train.loop import MetricSink, diverged
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,8 @@ class StepLog:
     seen: int         # training examples seen so far
 
 
-def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config, metrics: RunLog | None, *,
+def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config, metrics: MetricSink | None, *,
+                      head: Head,
                       steps: list[StepLog] | None = None, initial_epoch: int = 0,
                       saver: keras.callbacks.Callback | None = None) -> list[dict[str, float]]:
     """The reference notebook's loop, on the model's compiled loss and optimizer, from
@@ -52,7 +52,7 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
         .prefetch(tf.data.AUTOTUNE)
     )
     loss_fn, optimizer = model.loss, model.optimizer
-    accuracy = accuracy_for(cfg.model.head, cfg.task)
+    accuracy = head.accuracy(str(cfg.task))
     mean_loss = keras.metrics.Mean()
 
     @tf.function
@@ -77,7 +77,7 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
             loss = tf.cast(train_step(xb, yb), tf.float32)
         return loss
 
-    validate = fast_fit.evaluator(model, cfg.batch_size)
+    validate = evaluator(model, cfg.batch_size)
     x_val, y_val = tf.constant(x[n_train:]), tf.constant(y[n_train:])
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     every = trainer.log_every_n_steps
@@ -96,11 +96,9 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
             loss = train_steps(batches, tf.constant(n))
             done, step = done + n, step + n
             if step % every == 0:
-                now = int(time.time() * 1000)
                 seen = epoch * n_train + min(done * cfg.batch_size, n_train)
                 logged = StepLog(step, float(loss), float(accuracy.result()), seen)
-                step_metrics += [Metric("step_loss", logged.loss, now, step),
-                                 Metric("step_accuracy", logged.accuracy, now, step)]
+                step_metrics.append((step, {"step_loss": logged.loss, "step_accuracy": logged.accuracy}))
                 if steps is not None:
                     steps.append(logged)
             check_interrupted()
@@ -112,8 +110,8 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
         if saver:
             saver.on_epoch_end(epoch, logs)
         if metrics:
-            if step_metrics:  # one call per epoch, not one per step
-                metrics.log_batch(f"log epoch {epoch} step metrics", step_metrics)
+            for logged_step, values in step_metrics:  # sent at the epoch's end, not between steps
+                metrics.log(values, step=logged_step)
             metrics.log(logs, step=epoch)
         history.append(logs)
         failure = diverged(epoch, logs, trainer.max_loss)

@@ -22,10 +22,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from logitlab.errors import RunFailed, UserError, first_line
+from logitlab.errors import RunFailed, UserError, first_line, redact_logs, redact_text
 from logitlab.schema import Config, load
-from logitlab.sweep import Job, config_root, current_job, record_failure
-from logitlab.tracking.redaction import redact_logs, redact_text
+from logitlab.stages.job import Job, config_root, current_job, record_failure
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
@@ -36,7 +35,7 @@ Stage = Callable[[Config, Path, Job], Any]
 
 def launch(main: Callable[[], Any], script: str) -> None:
     """Check the command line (one line and exit 2 on a mistake, before Hydra writes anything), then run."""
-    from logitlab.cli import check_command_line
+    from logitlab.stages.cli import check_command_line
 
     check_command_line(script, "../conf", "config")
     main()

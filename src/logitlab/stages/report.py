@@ -15,13 +15,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from logitlab.data.dataset import dataset_of
 from logitlab.data.preprocess import load_processed, splits
 from logitlab.files import atomic_path, read_tsv, write_text
-from logitlab.report.plots import Artifact, Examples, History, plot_curves, plot_decision_regions, plot_digits
+from logitlab.report.plots import (
+    Artifact,
+    Examples,
+    History,
+    plot_curves,
+    plot_decision_regions,
+    plot_digits,
+)
 from logitlab.report.study import differences, differences_markdown, plot_study
-from logitlab.report.table import CAPTION, experiment_runs, pipeline_runs, summarize, to_markdown
+from logitlab.report.table import (
+    CAPTION,
+    experiment_runs,
+    pipeline_runs,
+    summarize,
+    to_markdown,
+)
 from logitlab.schema import Config, ReportRuns, under_root
-from logitlab.sweep import Job
+from logitlab.stages.job import Job
 from logitlab.tracking.runs import open_store, tracked_run
 from logitlab.tracking.store import store_call
 
@@ -78,6 +92,22 @@ def _from_mlflow(tmp: Path) -> Artifact:
     return artifact
 
 
+def draw_examples(cfg: Config, root: Path, name: str, runs: pd.DataFrame, artifact: Artifact, out: Path) -> list[Path]:
+    """The pictures of one dataset's runs, by what its plug-in says an example is: an image grid of
+    its test examples with each run's prediction, its decision regions in the plane, or none. A
+    dataset the config no longer has is left out."""
+    if name not in cfg.datasets:
+        log.warning("runs of dataset %r, which the config does not have: no pictures of its examples", name)
+        return []
+    drawing = dataset_of(cfg, name).drawing()
+    if drawing.kind == "none":
+        return []
+    examples = _evaluated(load_processed(cfg.path(root, "processed", name), name))
+    if drawing.kind == "image":
+        return plot_digits(runs, artifact, out, examples, cfg.report.digits, name, drawing.shape)
+    return plot_decision_regions(runs, artifact, out, examples, cfg.datasets[name].binary.positive_class, name)
+
+
 def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
     """Write summary.csv, summary.md and plots/ to report.out_dir (null: the job's folder), and log
     them as a report run."""
@@ -100,12 +130,8 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
         drawn.mkdir()
         plot_curves(runs, _local_history if pipeline else _mlflow_history(), drawn)
         plot_study(runs, drawn)
-        if (runs["tags.dataset"] == "mnist").any():
-            mnist = _evaluated(load_processed(cfg.path(root, "processed", "mnist"), "mnist"))
-            plot_digits(runs, artifact, drawn, mnist, cfg.report.digits)
-        if (runs["tags.dataset"] == "blobs").any():
-            blobs = _evaluated(load_processed(cfg.path(root, "processed", "blobs"), "blobs"))
-            plot_decision_regions(runs, artifact, drawn, blobs, cfg.datasets.blobs.binary.positive_class)
+        for name, of_dataset in runs.groupby("tags.dataset", sort=True):
+            draw_examples(cfg, root, str(name), of_dataset, artifact, drawn)
         plots.mkdir(parents=True, exist_ok=True)
         for stale in plots.glob("*.png"):
             stale.unlink()

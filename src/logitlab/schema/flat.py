@@ -1,0 +1,53 @@
+"""A config as MLflow sees it: flattened to dotted params (`run_params`), and the hash that says two
+jobs train the same thing (`config_hash`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from logitlab.schema.types import Config
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted keys to strings, for MLflow params; lists become JSON."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    elif not isinstance(node, dict):
+        node = OmegaConf.to_container(OmegaConf.structured(node), resolve=True, enum_to_str=True)
+    flat: dict[str, str] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = "null" if value is None else str(value)
+    return flat
+
+
+def run_params(cfg: Config) -> dict[str, str]:
+    """The resolved config of one job as MLflow params, the chosen dataset's settings under `dataset.`
+    and the chosen head's under `model.head_spec.` (the other datasets and heads left out)."""
+    node = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    node["dataset"] = node.pop("datasets")[cfg.dataset]
+    node["model"]["head_spec"] = node.pop("heads")[cfg.model.head]
+    return flatten(node)
+
+
+# What a run's config hash leaves out: where files go and runs are recorded, the other stages'
+# settings, and what only shows or saves progress; none of it changes what a job trains.
+NOT_HASHED = ("paths.", "tracking.", "layout", "pipeline.", "report.", "sweep.", "trainer.verbose", "trainer.checkpoint")
+
+
+def config_hash(cfg: Config) -> str:
+    """A hash of the resolved config of one job but NOT_HASHED (Hydra's own settings are not in it):
+    two jobs with the same hash train the same thing. Tagged on every run
+    (`logitlab.config_hash`); a checkpoint resumes only the config it was saved for."""
+    import hashlib
+
+    params = {k: v for k, v in run_params(cfg).items() if not k.startswith(NOT_HASHED)}
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
