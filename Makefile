@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS ?= 1
 # DVC stages call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast bench bench-pipeline params ui server serve
+.PHONY: setup repro test test-fast bench bench-pipeline params plots-page ui server serve
 
 setup: $(STAMP)
 
@@ -41,6 +41,9 @@ bench-pipeline: $(STAMP)  ## dvc repro from nothing and the no-op, side by side 
 
 params: $(STAMP)  ## regenerate params.yaml from conf/ (a test fails while they disagree)
 	$(BIN)/python -m logitlab params
+
+plots-page:  ## rebuild vega/plots_page.html, dvc plots' offline page, from vega/package-lock.json (needs npm)
+	$(PYTHON) vega/build.py
 
 ui: $(STAMP)  ## MLflow UI on the project's store, loopback only
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
