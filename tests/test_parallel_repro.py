@@ -1,0 +1,201 @@
+"""`make repro` with independent stages side by side (logitlab.parallel): the plan from DVC's graph,
+the workers, a failure that stops the rest."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import PYTHON, subprocess_env
+from logitlab.parallel import Plan, StageFailed, downstream, run, serial_order, without_hints
+
+PARALLEL = [PYTHON, "-m", "logitlab.parallel"]
+DVC = str(Path(PYTHON).with_name("dvc"))
+LOCK_ERRORS = ("Unable to acquire lock", "is busy, it is being blocked by", "LockError", "database is locked")
+
+# e needs c and d, which both need b; a needs nothing; f needs a and e.
+NEEDS = {"a": [], "b": [], "c": ["b"], "d": ["b"], "e": ["c", "d"], "f": ["a", "e"]}
+
+
+# --------------------------------------------------------------------------- the plan
+
+def test_serial_order_is_dvcs_post_order_walk():
+    import networkx as nx  # what DVC's plan_repro walks
+
+    order = serial_order(NEEDS)
+    assert order == ["a", "b", "c", "d", "e", "f"]
+    graph = nx.DiGraph()
+    graph.add_nodes_from(["f", "e", "d", "c", "b", "a"])
+    for stage, deps in NEEDS.items():
+        graph.add_edges_from((stage, dep) for dep in deps)
+    needs = {s: list(graph.successors(s)) for s in graph.nodes}
+    assert serial_order(needs) == list(nx.dfs_postorder_nodes(graph))
+
+
+def test_the_plan_is_the_changed_stages_and_everything_downstream():
+    assert downstream(NEEDS, ["c"]) == {"c", "e", "f"}
+    plan = Plan.of(NEEDS, ["c", "a"])
+    assert plan.order == ("a", "c", "e", "f")
+    assert plan.needs == {"a": set(), "c": set(), "e": {"c"}, "f": {"a", "e"}}, "only the stages of the plan"
+    assert Plan.of(NEEDS, []).order == ()
+
+
+def test_ready_stages_come_in_order_once_their_dependencies_succeeded():
+    plan = Plan.of(NEEDS, NEEDS)
+    assert plan.ready(done=[], started=[]) == ["a", "b"]
+    assert plan.ready(done=[], started=["a", "b"]) == []
+    assert plan.ready(done=["b"], started=["a", "b"]) == ["c", "d"]
+    assert plan.ready(done=["b", "c"], started=["a", "b", "c", "d"]) == [], "e waits for d too"
+    assert plan.ready(done=["a", "b", "c", "d"], started=["a", "b", "c", "d"]) == ["e"]
+
+
+def test_dvcs_closing_lines_are_said_once():
+    log = ("Running stage 'a':\n> echo a\nUpdating lock file 'dvc.lock'\n\nTo track the changes with git, run:\n\n"
+           "\tgit add dvc.lock .gitignore\n\nTo enable auto staging, run:\n\n\tdvc config core.autostage true\n"
+           "Use `dvc push` to send your updates to remote storage.\n")
+    to_add = set()
+    assert without_hints(log, to_add) == "Running stage 'a':\n> echo a\nUpdating lock file 'dvc.lock'\n"
+    assert to_add == {"dvc.lock", ".gitignore"}
+    assert without_hints("Stage 'b' didn't change, skipping\nData and pipelines are up to date.\n", to_add) == (
+        "Stage 'b' didn't change, skipping\n")
+
+
+# --------------------------------------------------------------------------- the workers (shell commands)
+
+def stage_command(events: Path, seconds: dict, fail: str = ""):
+    """A worker that logs its start and end with the time, sleeps, and fails if it is `fail`."""
+    def command(stage):
+        exit_code = 3 if stage == fail else 0
+        script = (f"echo {stage} start $(date +%s.%N) >> {events}; echo working on {stage}; sleep {seconds.get(stage, 0.2)}; "
+                  f"echo {stage} end $(date +%s.%N) >> {events}; exit {exit_code}")
+        return ["sh", "-c", script]
+    return command
+
+
+def read_events(events: Path) -> dict:
+    times: dict = {}
+    for line in events.read_text().splitlines():
+        stage, what, when = line.split()
+        times.setdefault(stage, {})[what] = float(when)
+    return times
+
+
+def test_workers_respect_the_graph_and_the_number_of_jobs(tmp_path, capsys):
+    events = tmp_path / "events"
+    finished = run(Plan.of(NEEDS, NEEDS), 2, stage_command(events, {}), tmp_path / "logs")
+    assert sorted(finished) == sorted(NEEDS)
+    times = read_events(events)
+    for stage, deps in NEEDS.items():
+        for dep in deps:
+            assert times[dep]["end"] <= times[stage]["start"], f"{stage} started before {dep} ended"
+    spans = [(t["start"], t["end"]) for t in times.values()]
+    most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert most == 2, "two at a time, never more"
+    out = capsys.readouterr().out
+    assert "working on e\n[e: done after" in out, "each stage's log, whole, when it ends"
+
+
+def test_a_failing_stage_stops_the_others_and_is_named(tmp_path, capsys):
+    events = tmp_path / "events"
+    slow = {"a": 60, "b": 0.5}
+    started = time.monotonic()
+    with pytest.raises(StageFailed) as failed:
+        run(Plan.of(NEEDS, NEEDS), 2, stage_command(events, slow, fail="b"), tmp_path / "logs", grace=5)
+    assert time.monotonic() - started < 20, "a's 60 s sleep was stopped"
+    exc = failed.value
+    assert (exc.stage, exc.code, exc.stopped, exc.not_started) == ("b", 3, ["a"], ["c", "d", "e", "f"])
+    assert str(exc).startswith(f"stage b failed (exit 3); its log is above and in {tmp_path / 'logs' / 'b.log'}")
+    assert str(exc).endswith("; stopped: a; not started: c, d, e, f")
+    assert "end" not in read_events(events)["a"], "a never got to its end"
+    out = capsys.readouterr().out
+    assert "working on b\n[b: FAILED, exit 3 after" in out
+    assert "[a: stopped after" in out
+
+
+# --------------------------------------------------------------------------- a DVC project without TensorFlow
+
+TOY = {
+    "a": {"cmd": "sleep 1 && echo a > a.txt", "outs": ["a.txt"]},
+    "b": {"cmd": "sleep 1 && cat a.txt > b.txt && echo b >> b.txt", "deps": ["a.txt"], "outs": ["b.txt"]},
+    "c": {"cmd": "sleep 1 && cat a.txt > c.txt && echo c >> c.txt", "deps": ["a.txt"], "outs": ["c.txt"]},
+    "d": {"cmd": "cat b.txt c.txt > d.txt", "deps": ["b.txt", "c.txt"], "outs": ["d.txt"]},
+    "e": {"cmd": "sleep 1 && echo e > e.txt", "outs": ["e.txt"]},
+}
+
+
+def toy_project(path: Path, stages: dict) -> Path:
+    path.mkdir()
+    env = subprocess_env()
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=path, env=env, check=True)
+    (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    return path
+
+
+def lock_of(project: Path) -> dict:
+    return yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+
+
+def changed_stages(project: Path) -> set:
+    """What `dvc status` says is to run."""
+    proc = subprocess.run([DVC, "status", "--json"], cwd=project, env=subprocess_env(), capture_output=True, text=True,
+                          check=True)
+    return set(json.loads(proc.stdout))
+
+
+def assert_dvc_locks_released(project: Path) -> None:
+    rwlock = json.loads((project / ".dvc" / "tmp" / "rwlock").read_text())
+    assert not rwlock.get("write") and not any(rwlock.get("read", {}).values()), f"DVC's locks still held: {rwlock}"
+
+
+def test_dvc_project_two_workers_give_the_serial_lock_and_rerun_nothing(tmp_path):
+    env = subprocess_env()
+    serial, parallel = toy_project(tmp_path / "serial", TOY), toy_project(tmp_path / "parallel", TOY)
+    subprocess.run([*PARALLEL, "--jobs", "1"], cwd=serial, env=env, check=True, capture_output=True)
+    first = subprocess.run([*PARALLEL, "--jobs", "2"], cwd=parallel, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert lock_of(parallel) == lock_of(serial), "entry by entry"
+    assert first.stdout.count("Running stage") == len(TOY)
+    assert first.stdout.count("git add") == 1, "DVC's closing hint once"
+    again = subprocess.run([*PARALLEL, "--jobs", "2"], cwd=parallel, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout == "Data and pipelines are up to date.\n", again.stdout + again.stderr
+    assert not any(word in first.stdout + first.stderr for word in LOCK_ERRORS)
+
+
+def test_dvc_project_a_planted_failure_stops_the_other_worker(tmp_path):
+    stages = {"slow": {"cmd": "echo started > started.txt && sleep 60 && echo > slow.txt", "outs": ["slow.txt"]},
+              "broken": {"cmd": "sleep 2 && python -c \"import sys; sys.exit('planted failure')\""},
+              "after": {"cmd": "echo > after.txt", "deps": ["slow.txt"], "outs": ["after.txt"]}}
+    project = toy_project(tmp_path / "p", stages)
+    started = time.monotonic()
+    proc = subprocess.run([*PARALLEL, "--jobs", "2"], cwd=project, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert time.monotonic() - started < 45, "the 60 s stage was stopped"
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "python -m logitlab.parallel: error: stage broken failed (exit 255); its log is above and in "
+        ".dvc/tmp/repro/broken.log; stopped: slow; not started: after")
+    assert "planted failure" in proc.stdout and "[broken: FAILED, exit 255 after" in proc.stdout
+    assert (project / "started.txt").exists() and not (project / "slow.txt").exists(), "stopped, nothing half-written"
+    assert changed_stages(project) == {"slow", "broken", "after"}, "no stage recorded as done"
+    assert_dvc_locks_released(project)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--jobs", "x"], "--jobs must be a positive whole number, got 'x'"),
+    (["--jobs", "0"], "--jobs must be a positive whole number, got '0'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_a_usage_mistake_is_one_line(args, message):
+    proc = subprocess.run([*PARALLEL, *args], capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 2
+    assert proc.stderr == f"python -m logitlab.parallel: error: {message} (usage: python -m logitlab.parallel [--jobs N])\n"
+
+
+def test_the_scheduler_imports_neither_tensorflow_nor_mlflow():
+    script = "import sys, logitlab.parallel; print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))"
+    proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=subprocess_env(), check=True)
+    assert proc.stdout.strip() == "[]"
