@@ -1,8 +1,9 @@
 """`make repro` with independent stages side by side (logitlab.parallel): the plan from DVC's graph,
-the workers, a failure that stops the rest."""
+the workers, a failure that stops the rest; the registry's aliases crowned by stages at once."""
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -199,3 +200,61 @@ def test_the_scheduler_imports_neither_tensorflow_nor_mlflow():
     script = "import sys, logitlab.parallel; print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))"
     proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=subprocess_env(), check=True)
     assert proc.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- the registry's aliases
+
+def test_aliases_crowned_at_once_by_several_processes_end_as_in_series(tmp_path, monkeypatch):
+    """Eight registrations at once (threads, each its own lock file handle: flock serializes them as
+    it does processes), the best one's alias set last, against a registry slow to answer: without the
+    lock, a crowning that read the aliases before the best was set writes @champion after it."""
+    import mlflow
+
+    from logitlab.serving import registry
+
+    class Registry:  # just what register() and crown() ask of MLflow's client
+        def __init__(self):
+            self.aliases, self.tags, self.guard = {}, {}, threading.Lock()
+
+        def create_registered_model(self, name, description=""):
+            pass
+
+        def create_model_version(self, name, *, tags, **kwargs):
+            with self.guard:
+                version = str(len(self.tags) + 1)
+                self.tags[version] = dict(tags)
+            return type("Version", (), {"version": version})
+
+        def set_registered_model_alias(self, name, alias, version):
+            time.sleep(0.1 if alias == "h5" else 0.01)  # the best head comes a little later
+            self.aliases[alias] = version
+
+        def get_registered_model(self, name):
+            aliases = dict(self.aliases)
+            time.sleep(0.05 if "h5" in aliases else 0.2)  # a crowning without h5 writes after h5's
+            return type("Model", (), {"aliases": aliases})
+
+        def get_model_version(self, name, version):
+            return type("Version", (), {"tags": self.tags[version]})
+
+    fake = Registry()
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda *a, **k: fake)
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: f"sqlite:///{tmp_path / 'mlflow.db'}")
+    losses = {f"h{i}": 1.0 + i / 10 for i in range(8)}
+    losses["h5"] = 0.5  # the best: registered in the middle
+
+    monkeypatch.setattr(registry, "head_spec", lambda task, head: type("Spec", (), {"from_logits": True}))
+
+    def register(head):
+        metrics = {"test_loss": losses[head], "test_accuracy": 0.5, "test_loss_f64": losses[head]}
+        registry.register(f"m-{head}", "run", dataset="blobs", task="multiclass", head=head, trainer="fit",
+                          variant=f"blobs-{head}", metrics=metrics)
+
+    threads = [threading.Thread(target=register, args=(h,)) for h in losses]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(fake.aliases) == {*losses, "champion"}
+    assert fake.tags[fake.aliases["champion"]]["logitlab.variant"] == "blobs-h5"
+    assert (tmp_path / "mlflow.db.aliases.lock").exists(), "the lock file sits beside the store"
