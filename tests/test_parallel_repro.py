@@ -1,8 +1,11 @@
 """`make repro` with independent stages side by side (logitlab.parallel): the plan from DVC's graph,
-the workers, a failure that stops the rest; the registry's aliases crowned by stages at once."""
+the workers, a failure that stops the rest; the registry's aliases crowned by stages at once; the
+real pipeline with two workers against a serial run, and a planted failure in it."""
 
 import json
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import PYTHON, subprocess_env
+from helpers import PYTHON, copy_project, runs_of, shrink_to_tiny_data, subprocess_env
 from logitlab.parallel import Plan, StageFailed, downstream, run, serial_order, without_hints
 
 PARALLEL = [PYTHON, "-m", "logitlab.parallel"]
@@ -70,7 +73,8 @@ def stage_command(events: Path, seconds: dict, fail: str = ""):
     """A worker that logs its start and end with the time, sleeps, and fails if it is `fail`."""
     def command(stage):
         exit_code = 3 if stage == fail else 0
-        script = (f"echo {stage} start $(date +%s.%N) >> {events}; echo working on {stage}; sleep {seconds.get(stage, 0.2)}; "
+        script = (f"echo {stage} start $(date +%s.%N) >> {events}; echo working on {stage}; "
+                  f"sleep {seconds.get(stage, 0.2)}; "
                   f"echo {stage} end $(date +%s.%N) >> {events}; exit {exit_code}")
         return ["sh", "-c", script]
     return command
@@ -193,11 +197,13 @@ def test_dvc_project_a_planted_failure_stops_the_other_worker(tmp_path):
 def test_a_usage_mistake_is_one_line(args, message):
     proc = subprocess.run([*PARALLEL, *args], capture_output=True, text=True, env=subprocess_env())
     assert proc.returncode == 2
-    assert proc.stderr == f"python -m logitlab.parallel: error: {message} (usage: python -m logitlab.parallel [--jobs N])\n"
+    usage = "usage: python -m logitlab.parallel [--jobs N]"
+    assert proc.stderr == f"python -m logitlab.parallel: error: {message} ({usage})\n"
 
 
 def test_the_scheduler_imports_neither_tensorflow_nor_mlflow():
-    script = "import sys, logitlab.parallel; print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))"
+    script = ("import sys, logitlab.parallel; "
+              "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))")
     proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=subprocess_env(), check=True)
     assert proc.stdout.strip() == "[]"
 
@@ -258,3 +264,148 @@ def test_aliases_crowned_at_once_by_several_processes_end_as_in_series(tmp_path,
     assert set(fake.aliases) == {*losses, "champion"}
     assert fake.tags[fake.aliases["champion"]]["logitlab.variant"] == "blobs-h5"
     assert (tmp_path / "mlflow.db.aliases.lock").exists(), "the lock file sits beside the store"
+
+
+# --------------------------------------------------------------------------- the real pipeline, small
+
+VARIANTS = {f"{d}-{h}" for d in ("mnist", "blobs") for h in ("softmax", "logit")} | {
+    "mnist-binary-logit", "blobs-binary-logit", "blobs-logit-gradient_tape"}
+GENERATED = ("dvc.lock", "metrics", "history", "predictions", "report")
+
+
+def masked(lock: dict) -> dict:
+    """dvc.lock's entries with the hashes of the model folders left out: Keras writes the time of
+    saving into model.keras (metadata.json's date_saved), so no two runs, serial or not, agree on
+    them. The models' outputs are compared array by array instead."""
+    def entry(e):
+        if str(e.get("path", "")).split("/")[0] == "models":
+            return {k: v for k, v in e.items() if k not in ("md5", "size")}
+        return e
+    return {stage: {k: [entry(e) for e in v] if k in ("deps", "outs") else v for k, v in fields.items()}
+            for stage, fields in lock.items()}
+
+
+def repro(project: Path, jobs: int) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = subprocess.run([*PARALLEL, "--jobs", str(jobs)], cwd=project, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=900)
+    took = time.monotonic() - start
+    assert proc.returncode == 0, f"--jobs {jobs} exited {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    return proc, took
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    """The tiny pipeline from nothing (no data, no dvc.lock, no outputs, no tracking store), run in
+    series (--jobs 1: `dvc repro`) in one copy and with two workers in another."""
+    tmp = tmp_path_factory.mktemp("parallel")
+    base = copy_project(tmp / "base")
+    shrink_to_tiny_data(base, tmp)
+    for name in GENERATED:
+        target = base / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=base, check=True)
+    serial, parallel = tmp / "serial", tmp / "parallel"
+    shutil.copytree(base, serial, symlinks=True)
+    shutil.copytree(base, parallel, symlinks=True)
+    serial_run, serial_s = repro(serial, 1)
+    parallel_run, parallel_s = repro(parallel, 2)
+    print(f"\ntiny pipeline from nothing: --jobs 1 {serial_s:.1f} s, --jobs 2 {parallel_s:.1f} s "
+          f"({parallel_s / serial_s:.2f}x)", file=sys.stderr)
+    return {"serial": serial, "parallel": parallel, "serial_run": serial_run, "parallel_run": parallel_run,
+            "serial_s": serial_s, "parallel_s": parallel_s}
+
+
+def aliases(project: Path) -> dict:
+    """Each registered model's aliases, by the variant of the version each points at (version
+    numbers follow the order the stages registered in, which a parallel run does not fix)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    found = {}
+    for model in client.search_registered_models():
+        found[model.name] = {alias: client.get_model_version(model.name, v).tags["logitlab.variant"]
+                             for alias, v in model.aliases.items()}
+    return found
+
+
+@pytest.mark.slow
+def test_two_workers_give_what_a_serial_run_gives(pipelines):
+    serial, parallel = pipelines["serial"], pipelines["parallel"]
+    out = pipelines["parallel_run"].stdout + pipelines["parallel_run"].stderr
+    assert pipelines["parallel_run"].stdout.count("Running stage") == 4 + len(VARIANTS) + 1, out[-4000:]
+    for proc in (pipelines["serial_run"], pipelines["parallel_run"]):
+        text = proc.stdout + proc.stderr
+        assert not [e for e in LOCK_ERRORS if e in text], text[-4000:]
+        assert "ERROR" not in text, text[-4000:]
+
+    a, b = masked(lock_of(serial)), masked(lock_of(parallel))
+    assert sorted(a) == sorted(b)
+    for stage in a:
+        assert b[stage] == a[stage], stage
+
+    for folder in ("metrics", "history", "predictions"):
+        names = sorted(p.name for p in (serial / folder).iterdir())
+        assert names == sorted(p.name for p in (parallel / folder).iterdir()) and len(names) == len(VARIANTS)
+        for name in names:
+            assert (parallel / folder / name).read_bytes() == (serial / folder / name).read_bytes(), f"{folder}/{name}"
+    assert (parallel / "report" / "summary.csv").read_bytes() == (serial / "report" / "summary.csv").read_bytes()
+    import numpy as np
+
+    for variant in VARIANTS:
+        with np.load(serial / "models" / variant / "outputs.npz") as x, np.load(parallel / "models" / variant /
+                                                                                 "outputs.npz") as y:
+            assert sorted(x.files) == sorted(y.files)
+            for key in x.files:
+                assert np.array_equal(x[key], y[key]), f"{variant} {key}: bit for bit"
+
+    runs = runs_of(f"sqlite:///{parallel / 'mlflow.db'}")
+    trained = [r for r in runs if "logitlab.variant" in r.data.tags]
+    assert sorted(r.info.run_name for r in trained) == sorted(VARIANTS), "one run per variant"
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for r in trained:
+        metrics = json.loads((parallel / "metrics" / f"{r.info.run_name}.json").read_text())
+        assert metrics["test_loss"] == r.data.metrics["test_loss"]
+    assert aliases(parallel) == aliases(serial)
+    assert {name: set(a) for name, a in aliases(parallel).items()} == {
+        "logitlab-mnist": {"softmax", "logit", "champion"},
+        "logitlab-blobs": {"softmax", "logit", "logit_gradient_tape", "champion"},
+        "logitlab-mnist-binary": {"logit", "champion"}, "logitlab-blobs-binary": {"logit", "champion"}}
+
+    again, _ = repro(parallel, 2)
+    assert again.stdout == "Data and pipelines are up to date.\n", "a second make repro runs nothing"
+    assert changed_stages(parallel) == set()
+
+
+@pytest.mark.slow
+def test_a_planted_failing_stage_stops_the_running_train_stage(pipelines):
+    """After the two-worker run: a train stage to redo (its metrics file gone) and a planted stage
+    that fails; the train stage is stopped, nothing of it half-written, DVC's locks released, and
+    the stage is still to redo."""
+    project = pipelines["parallel"]
+    dvc_yaml = project / "dvc.yaml"
+    original = dvc_yaml.read_text()
+    stages = yaml.safe_load(original)
+    stages["stages"]["planted"] = {"cmd": "python -c \"import time, sys; time.sleep(3); sys.exit('planted failure')\"",
+                                   "deps": ["params.yaml"]}
+    dvc_yaml.write_text(yaml.safe_dump(stages, sort_keys=False))
+    (project / "metrics" / "blobs-logit.json").unlink()
+    runs_before = len(runs_of(f"sqlite:///{project / 'mlflow.db'}"))
+
+    proc = subprocess.run([*PARALLEL, "--jobs", "2"], cwd=project, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stdout[-4000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "python -m logitlab.parallel: error: stage planted failed (exit 255); its log is above and in "
+        ".dvc/tmp/repro/planted.log; stopped: train@blobs-logit; not started: report")
+    assert "planted failure" in proc.stdout and "[train@blobs-logit: stopped after" in proc.stdout
+    assert not (project / "metrics" / "blobs-logit.json").exists(), "the stopped stage wrote nothing"
+    leftover = [p.name for p in (project / "metrics").iterdir() if not p.name.endswith(".json")]
+    assert not leftover, leftover
+    runs = runs_of(f"sqlite:///{project / 'mlflow.db'}")
+    assert "RUNNING" not in {r.info.status for r in runs}, "a run it had opened ended KILLED"
+    assert len(runs) - runs_before <= 1
+
+    assert_dvc_locks_released(project)
+    dvc_yaml.write_text(original)
+    assert changed_stages(project) == {"train@blobs-logit", "report"}, "the next make repro redoes the stopped stage"
