@@ -39,7 +39,7 @@ bench: $(STAMP)  ## benchmarks/bench.py: training, tracking and a sweep against 
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py
 
-bench-pipeline: $(STAMP)  ## dvc repro from nothing and the no-op, side by side with 8fc7770's (~14 min)
+bench-pipeline: $(STAMP)  ## dvc repro from nothing against 8fc7770's and against make repro JOBS=2, and the no-op (~17 min)
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py --only pipeline
 
