@@ -1,5 +1,6 @@
 # Two commands do all the set-up:
-#   make repro   create .venv if missing, install logitlab, run the whole DVC pipeline
+#   make repro   create .venv if missing, install logitlab, run the whole DVC pipeline, independent
+#                stages side by side (JOBS of them: default, the cores; JOBS=1 is plain `dvc repro`)
 #   make test    the same set-up, then the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,8 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-repro: $(STAMP)
-	$(BIN)/dvc repro
+# Workers for `make repro`; empty: as many as the cores this process may use.
+JOBS ?=
+
+repro: $(STAMP)  ## one `dvc --wait-for-lock repro -s STAGE` per stage, JOBS at a time (src/logitlab/stages/parallel.py)
+	$(BIN)/python -m logitlab.stages.parallel $(if $(JOBS),--jobs $(JOBS))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -35,7 +39,7 @@ bench: $(STAMP)  ## benchmarks/bench.py: training, tracking and a sweep against 
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py
 
-bench-pipeline: $(STAMP)  ## dvc repro from nothing and the no-op, side by side with 8fc7770's (~14 min)
+bench-pipeline: $(STAMP)  ## dvc repro from nothing against 8fc7770's and against make repro JOBS=2, and the no-op (~17 min)
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py --only pipeline
 

@@ -23,9 +23,11 @@ ranges overlap, the row says "no difference", whatever its ratio.
   job 10 (jobs 6-15) against the last ten (91-100), and the process's resident memory after job 10
   and after job 100 (each run's rss_mb).
 - Pipeline (`--only pipeline`, make bench-pipeline): `dvc repro` from nothing (the data fetched) in a
-  copy of the project against the same in a copy of PIPELINE_BASELINE, then the no-op repro. One trial
-  each: the two repros from nothing take ~13 minutes here, so they have a make target of their own and
-  `make bench` (the other parts) stays within 15 minutes. The sweep is one trial too (~3.5 min).
+  copy of the project against the same in a copy of PIPELINE_BASELINE, then the no-op repro; and
+  `make repro JOBS=2` (logitlab.stages.parallel, stages side by side) from nothing in another copy, against
+  that serial `dvc repro` (`make repro JOBS=1`). One trial each: the repros from nothing take ~17
+  minutes here, so they have a make target of their own and `make bench` (the other parts) stays
+  within 15 minutes. The sweep is one trial too (~3.5 min).
 
 Run it on an otherwise idle machine.
 """
@@ -81,6 +83,8 @@ LOAD_MEMORY_TARGET = 0.2    # resident memory after job 100 over after job 10, l
 PIPELINE_BASELINE = "8fc7770"
 PIPELINE_TARGET = 2.0       # the baseline's repro from nothing over ours
 NOOP_REPRO_TARGET_S = 5.0
+PARALLEL_JOBS = 2           # make repro JOBS=2 against JOBS=1 (issue #23)
+PARALLEL_TARGET = 0.6       # JOBS=2's repro from nothing over JOBS=1's, at most
 
 
 def log(message: str) -> None:
@@ -547,22 +551,24 @@ def _baseline_python(workdir: Path, project: Path) -> Path:
     return env_dir / "bin"
 
 
-def _repro(project: Path, python_bin: Path) -> tuple[float, int, float, int]:
+def _repro(project: Path, python_bin: Path, jobs: int = 1) -> tuple[float, int, float, int]:
     """`dvc repro` from nothing (the raw data counted as fetched), then a no-op one: (seconds, stages
-    run) of each. Stages run `python` from `python_bin`."""
+    run) of each. Stages run `python` from `python_bin`. `jobs` > 1: `make repro JOBS=<jobs>` from
+    nothing (python -m logitlab.stages.parallel) instead of `dvc repro`."""
     env = dict(os.environ, PATH=f"{python_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
     env.pop("MLFLOW_TRACKING_URI", None)
     dvc = str(BIN / "dvc")
 
-    def run(*args: str) -> tuple[float, int]:
+    def run(*cmd: str) -> tuple[float, int]:
         start = time.perf_counter()
-        proc = subprocess.run([dvc, *args], cwd=project, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
         if proc.returncode:
-            raise SystemExit(f"dvc {' '.join(args)} in {project} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise SystemExit(f"{' '.join(cmd)} in {project} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return time.perf_counter() - start, sum(line.startswith("Running stage") for line in proc.stdout.splitlines())
 
-    run("commit", "--force", *(f"fetch@{d}" for d in ("mnist", "blobs")))
-    return (*run("repro"), *run("repro"))
+    run(dvc, "commit", "--force", *(f"fetch@{d}" for d in ("mnist", "blobs")))
+    first = (sys.executable, "-m", "logitlab.stages.parallel", "--jobs", str(jobs)) if jobs > 1 else (dvc, "repro")
+    return (*run(*first), *run(dvc, "repro"))
 
 
 def pipeline(workdir: Path, baseline: str | None) -> list[dict[str, Any]]:
@@ -572,6 +578,9 @@ def pipeline(workdir: Path, baseline: str | None) -> list[dict[str, Any]]:
     ours = _project_copy(workdir / "project", None)
     log("pipeline: dvc repro from nothing (the data already fetched) ...")
     full, stages, noop, rerun = _repro(ours, BIN)
+    log(f"pipeline: make repro JOBS={PARALLEL_JOBS} from nothing (the data already fetched) ...")
+    side_by_side, side_stages, _, _ = _repro(_project_copy(workdir / f"project-jobs{PARALLEL_JOBS}", None), BIN,
+                                             jobs=PARALLEL_JOBS)
     base_full = base_stages = None
     if baseline:
         if subprocess.run(["git", "cat-file", "-e", f"{baseline}^{{commit}}"], cwd=ROOT,
@@ -589,10 +598,14 @@ def pipeline(workdir: Path, baseline: str | None) -> list[dict[str, Any]]:
     if baseline:
         row["target"] = f"ratio >= {PIPELINE_TARGET}"
         row["met"] = row["ratio"] >= PIPELINE_TARGET
+    jobs_row = compare(f"pipeline: make repro from nothing (data fetched), JOBS={PARALLEL_JOBS} against JOBS=1",
+                       [side_by_side], [full], stages=side_stages, baseline_stages=stages,
+                       target=f"JOBS={PARALLEL_JOBS} <= {PARALLEL_TARGET}x JOBS=1 (ratio >= {1 / PARALLEL_TARGET:.2f})")
+    jobs_row["met"] = jobs_row["ratio"] >= 1 / PARALLEL_TARGET
     noop_row = compare("pipeline: no-op dvc repro", [noop], None, stages_rerun=rerun,
                        target=f"<= {NOOP_REPRO_TARGET_S} s, nothing rerun")
     noop_row["met"] = noop <= NOOP_REPRO_TARGET_S and rerun == 0
-    return [row, noop_row]
+    return [row, jobs_row, noop_row]
 
 
 def wall(cmd: list[str]) -> float:
@@ -688,6 +701,8 @@ def details(rows: list[dict[str, Any]], peaks: dict[str, float]) -> str:
                        if r["baseline_stages"] else "")
             lines.append(f"{name}: {r['stages']} stages at {r['per_stage_s']:.1f} s each on average{against}; a bare "
                          f"`import tensorflow, keras, mlflow` takes {r['import_tensorflow_keras_mlflow_s']:.1f} s")
+        elif name.startswith("pipeline: make repro"):
+            lines.append(f"{name}: {r['stages']} stages run side by side, {r['baseline_stages']} in series")
     return "\n".join(lines)
 
 

@@ -76,8 +76,56 @@ def register(model_id: str, run_id: str, *, dataset: str, task: str, head: Head,
                          source=f"models:/{model_id}", run_id=run_id, model_id=model_id, tags=tags,
                          await_creation_for=0)
     head_alias = alias(head.name, trainer)
-    store_call(f"set alias {name}@{head_alias}", client.set_registered_model_alias, name, head_alias, version.version)
-    return Registered(name, str(version.version), head_alias, crown(client, name))
+    with aliases_lock(mlflow.get_tracking_uri()):  # train stages run side by side (make repro): one crowning at a time
+        store_call(f"set alias {name}@{head_alias}", client.set_registered_model_alias, name, head_alias,
+                   version.version)
+        champion = crown(client, name)
+    return Registered(name, str(version.version), head_alias, champion)
+
+
+ALIASES_LOCK_TIMEOUT_S = 120
+
+
+def aliases_lock(tracking_uri: str) -> Any:
+    """A lock around the aliases' read-modify-write (the head's alias, then @champion from every
+    head's alias), between processes: two train stages crowning at once could each read the aliases
+    before the other's was set, and the last to write @champion would crown without the other's version.
+
+    A SQLite store's lock file sits beside its database. Any other store (a tracking server) gets
+    one in this machine's temporary folder, named after the store: that serializes the processes of
+    this machine, which is where `make repro` runs its stages side by side; processes on several
+    machines writing one server's aliases at the same moment are not serialized (MLflow has no
+    compare-and-set on aliases). Held for more than ALIASES_LOCK_TIMEOUT_S: StoreUnavailable."""
+    import contextlib
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock, Timeout
+
+    from logitlab.errors import StoreUnavailable
+
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+        path = db.with_name(db.name + ".aliases.lock")
+    else:
+        digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"logitlab-aliases-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def held():
+        try:
+            lock = FileLock(path, timeout=ALIASES_LOCK_TIMEOUT_S)
+            lock.acquire()
+        except Timeout:
+            raise StoreUnavailable(f"the registry's aliases in {redact_text(tracking_uri)} stayed locked by another "
+                                   f"process for {ALIASES_LOCK_TIMEOUT_S} s ({path})") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    return held()
 
 
 def crown(client: Any, name: str) -> str:
