@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from logitlab.evaluate.metrics import output_stats
+from logitlab.evaluate.registry import REGISTRY, Evaluated, compute, metric, names
 from helpers import build_model, compile_model, loss_for, probabilities
 from logitlab.model.heads import softmax
 
@@ -53,12 +53,39 @@ def test_stable_softmax_survives_large_logits():
     assert p[0, 0] == 1.0 and p[0, 2] == 0.0
 
 
-def test_output_stats_report_raw_and_probability_extremes():
+def _evaluated(outputs, head="logit", task="multiclass", labels=None):
+    from helpers import head as head_named
+
+    h = head_named(head)
+    labels = np.zeros(len(outputs), np.int64) if labels is None else labels
+    return Evaluated(outputs, h.probabilities(outputs, task), labels, h, task, {"loss": 0.25, "accuracy": 0.5})
+
+
+def test_the_registry_reports_raw_and_probability_extremes():
     outputs = np.array([[2.0, -1.0], [-3.0, 5.0]], dtype=np.float32)
-    stats = output_stats(outputs, softmax(outputs))
+    stats = compute(_evaluated(outputs))
     assert stats["output_min"] == -3.0 and stats["output_max"] == 5.0
     assert stats["prob_max"] == pytest.approx(1 / (1 + np.exp(-8)), rel=1e-6)
     assert stats["prob_min"] == pytest.approx(1 / (1 + np.exp(8)), rel=1e-5)
+    assert stats["test_loss"] == 0.25 and stats["test_accuracy"] == 0.5
+    assert "test_loss_f64" not in stats, "no numerics were given: a metric that does not apply is left out"
+
+
+def test_a_new_metric_is_one_function_and_the_table_and_study_take_it(monkeypatch):
+    """Registered once, a metric is computed for every run and listed where its flags say, in order."""
+    monkeypatch.setattr("logitlab.evaluate.registry.REGISTRY", dict(REGISTRY))
+
+    @metric(label="top-2 accuracy", study=True, fraction=True, higher_is_better=True)
+    def top2_accuracy(ev):
+        top2 = np.argsort(ev.probs, axis=1)[:, -2:]
+        return float((top2 == ev.labels[:, None]).any(axis=1).mean())
+
+    outputs = np.array([[3.0, 2.0, -9.0], [3.0, -9.0, 2.0], [3.0, 2.0, 1.0]], dtype=np.float32)
+    stats = compute(_evaluated(outputs, labels=np.array([1, 1, 2])))
+    assert stats["top2_accuracy"] == pytest.approx(1 / 3)
+    assert names(table=True)[-1] == "top2_accuracy" and "top2_accuracy" in names(study=True)
+    with pytest.raises(ValueError, match="registered twice"):
+        metric("top2_accuracy")(lambda ev: 0.0)
 
 
 def test_strict_heads_detach_the_logits_and_survive_save_and_load(x, tmp_path):

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from logitlab.evaluate.numerics import numerics, predicted_class
+from logitlab.evaluate.registry import REGISTRY, Evaluated, compute
 from logitlab.model import compiled
 from logitlab.model.build import forward
 from logitlab.model.heads import Head
@@ -50,15 +51,6 @@ def decision_grid(model: keras.Model, x: np.ndarray, task: str, head: Head, batc
     return {"grid_x0": axes[0], "grid_x1": axes[1], "grid_class": classes.reshape(g0.shape).astype(np.int16)}
 
 
-def output_stats(outputs: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    return {
-        "output_min": float(outputs.min()),
-        "output_max": float(outputs.max()),
-        "prob_min": float(probs.min()),
-        "prob_max": float(probs.max()),
-    }
-
-
 def examples(outputs: np.ndarray, probs: np.ndarray, labels: np.ndarray, task: str, n: int) -> list[dict[str, Any]]:
     """The first `n` test examples: raw output vector, probabilities, predicted category, true label."""
     predicted = predicted_class(probs, task)
@@ -81,9 +73,12 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, task: str, head: 
     outputs = forward(model, x, batch)
     probs = head.probabilities(outputs, task)
     labels = y.reshape(-1).astype(np.int64)
-    metrics = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"]),
-               **output_stats(outputs, probs)}
-    extra, tags = numerics(model, x, labels, task, head, batch, outputs)
-    metrics.update(extra)
+    ev = Evaluated(outputs, probs, labels, head, task, scores,
+                   numerics_of=lambda: numerics(model, x, labels, task, head, batch, outputs))
+    metrics = compute(ev)  # every metric of the registry (logitlab.evaluate.registry)
+    computed, tags = ev.numerics
+    unregistered = sorted(set(computed) - set(REGISTRY))
+    if unregistered:
+        raise RuntimeError(f"numerics computed metrics no registry entry names: {unregistered}")
     return Evaluation(metrics, tags, examples(outputs, probs, labels, task, n_examples), outputs, probs, labels,
                       decision_grid(model, x, task, head, batch))

@@ -18,19 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from logitlab.evaluate.registry import REGISTRY, names
 from logitlab.report.plots import draw_lines, figure, save_figure
 from logitlab.report.table import interval
 
 LR = "params.optimizer.lr"
 BASE_HEAD = "logit"
-# metric: its axis label, and whether it is a fraction (its band clipped to [0, 1])
-STUDY_METRICS = {
-    "test_accuracy": ("test accuracy", True),
-    "test_loss_f64": ("test loss, float64", False),
-    "clip_ceiling_fraction": ("fraction at the clip ceiling", True),
-    "loss_err_train_mean": ("training loss: mean error vs float64", False),
-}
-DIFF_METRICS = ("test_accuracy", "test_loss_f64")
+# metric: its axis label, and whether it is a fraction (its band clipped to [0, 1]): the registry's
+# study metrics (logitlab.evaluate.registry), and those whose logit − other head difference is tabled
+STUDY_METRICS = {name: (REGISTRY[name].label, REGISTRY[name].fraction) for name in names(study=True)}
+DIFF_METRICS = tuple(names(compare=True))
 
 
 def study_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -136,8 +133,9 @@ def differences_markdown(table: pd.DataFrame) -> str:
     for metric in DIFF_METRICS:
         shown[f"Δ {metric}"] = [_diff_cell(m, h, e) for m, h, e in zip(
             table[f"{metric}_diff"], table[f"{metric}_ci95"], table[f"{metric}_excludes_0"])]
+    favours = " or ".join(f"a {'positive' if REGISTRY[m].higher_is_better else 'negative'} Δ {m}" for m in DIFF_METRICS)
     caption = (f"{BASE_HEAD} − other head, paired by seed: mean ± the half-width of its 95% confidence "
-               "interval (Student's t); **bold** where the interval excludes zero. Higher accuracy and lower "
-               "loss are better: a positive Δ test_accuracy or a negative Δ test_loss_f64 favours the logit head.")
+               f"interval (Student's t); **bold** where the interval excludes zero. {favours} favours the "
+               f"{BASE_HEAD} head.")
     return caption + "\n\n" + shown.to_markdown(index=False)
 

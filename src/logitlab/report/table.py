@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from logitlab.errors import UserError
+from logitlab.evaluate.registry import names
 from logitlab.files import read_json
 from logitlab.schema import Config, Task, TrainerName
 
@@ -27,10 +28,7 @@ NOT_CONFIG = ("params.seed", "params.paths.", "params.tracking.", "params.report
               "params.layout", "params.trainer.verbose", "params.evaluate.n_examples", "params.dataset.name",
               "params.task", "params.model.head", "params.trainer.name", "params.precision")
 CONFIG = "config"  # the column of those values, `key=value ...`
-METRICS = ["test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max",
-           "test_loss_f64", "loss_err_probs_max", "loss_err_logits_max", "loss_err_train_max",
-           "prob_clip_band_fraction", "clip_ceiling_fraction", "clip_grad_norm_probs", "clip_grad_norm_logits",
-           "probs_sum_max_error", "argmax_tie_fraction"]
+METRICS = names(table=True)  # the table's columns: logitlab.evaluate.registry
 CONFIDENCE = 0.95
 
 

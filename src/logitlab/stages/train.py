@@ -37,6 +37,7 @@ from logitlab.data.preprocess import (
 )
 from logitlab.errors import Diverged, StoreUnavailable, redact_text
 from logitlab.evaluate.metrics import Evaluation, evaluate
+from logitlab.evaluate.registry import names
 from logitlab.evaluate.printout import write_printout
 from logitlab.files import (
     MODEL_FILE,
@@ -73,7 +74,6 @@ log = logging.getLogger(__name__)
 
 HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE = "history.tsv", "metrics.json", "predictions.json"
 RESUMED_TAG = "logitlab.resumed_after_epoch"  # a requeued job that took its run up again
-SUMMARY = ("test_loss", "test_accuracy", "output_min", "output_max", "prob_min", "prob_max")  # the log line
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,8 @@ def train(cfg: Config, root: Path, job: Job) -> float:
         result = record(plan, model, history, steps, run, run_log)
     if plan.checkpoint:
         plan.checkpoint.clear()  # the run is complete: a relaunch in this folder starts afresh
-    log.info("%s test: %s", plan.run_name, ", ".join(f"{k}={result.metrics[k]:.6g}" for k in SUMMARY))
+    log.info("%s test: %s", plan.run_name, ", ".join(f"{k}={result.metrics[k]:.6g}" for k in names(summary=True)
+                                                                           if k in result.metrics))
     log.info("run %s: %s", run.info.run_id, runs_link(run.info.experiment_id))
     last = history[-1]
     return float(last.get("val_loss", last["loss"]))
