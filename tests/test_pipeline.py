@@ -304,6 +304,13 @@ def test_dvc_repro_end_to_end(tmp_path):
     status = json.loads(run([dvc, "status", "--json"], project, env).stdout)
     assert TRAIN_STAGES <= set(status), sorted(status)
     heads.write_text(original)
+    # ... and a change to the tracking code reruns no data stage: fetch and preprocess import none of it.
+    store = project / "src" / "logitlab" / "tracking" / "store.py"
+    original_store = store.read_text()
+    store.write_text(original_store + "\n# a change\n")
+    status = json.loads(run([dvc, "status", "--json"], project, env).stdout)
+    assert TRAIN_STAGES <= set(status) and not {s for s in status if s.startswith(("fetch@", "preprocess@"))}, status
+    store.write_text(original_store)
     assert "Running stage" not in run([dvc, "repro"], project, env).stdout
 
     # DVC experiments on the same project: Hydra composition is on (.dvc/config), so -S overrides

@@ -16,13 +16,10 @@ def instantiate_plugin(spec: Mapping[str, Any], base: type[T], key: str, **kwarg
     """`spec` (`_target_` and its settings) built as a `base`, with `kwargs` added; `key` names the
     entry in messages (e.g. `datasets.blobs`)."""
     from hydra.errors import InstantiationException
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import instantiate
 
     target = spec.get("_target_")
-    try:
-        cls = get_class(str(target))
-    except (ImportError, ValueError, InstantiationException) as exc:
-        raise UserError(f"{key}: cannot find the class {target!r}: {first_line(exc)}") from None
+    cls = locate(str(target), key)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise UserError(f"{key}: {target!r} is not a {base.__module__}.{base.__qualname__}")
     try:
@@ -32,3 +29,14 @@ def instantiate_plugin(spec: Mapping[str, Any], base: type[T], key: str, **kwarg
         if isinstance(cause, UserError):
             raise cause from None
         raise UserError(f"{key}: cannot build {target!r}: {first_line(cause or exc)}") from None
+
+
+def locate(target: str, key: str) -> Any:
+    """The class a dotted `_target_` names (module.Class), or one UserError line saying why not."""
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"{key}: cannot find the class {target!r}: {first_line(exc)}") from None
