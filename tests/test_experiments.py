@@ -134,7 +134,10 @@ def test_a_blobs_notebook_run_fits_every_point_and_prints_as_the_notebook(tmp_pa
     inputs = run.inputs.dataset_inputs  # trained and evaluated on one dataset: MLflow keeps it once
     assert {i.dataset.name for i in inputs} == {"blobs-all"}
     assert all('"features_shape": [200, 2]' in i.dataset.profile for i in inputs)
-    assert {"notebook.txt", "outputs.npz"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"notebook.txt", "outputs.npz", "outputs.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    from logitlab.schema import group_hash
+
+    assert run.data.tags["logitlab.group"] == group_hash(cfg), "the seed-free config hash, for the UI's Group by"
 
     text = (tmp_path / "job" / "notebook.txt").read_text()
     assert text.startswith("# blobs_softmax: the logit head on blobs (multiclass), 200 train examples")

@@ -194,3 +194,13 @@ def test_paths_come_from_the_project_root_whatever_the_working_directory(tmp_pat
     cfg = compose(ROOT, ["dataset=blobs"])
     assert cfg.path(ROOT, "processed") == ROOT / "data" / "processed" / "blobs.npz"
     assert compose(ROOT, [f"paths.models={tmp_path}"]).path(ROOT, "models") == tmp_path
+
+
+def test_the_group_hash_is_the_config_without_its_seed():
+    from logitlab.schema import config_hash, group_hash
+
+    seeds = [compose(ROOT, ["dataset=blobs", f"seed={s}"]) for s in (0, 1)]
+    assert group_hash(seeds[0]) == group_hash(seeds[1]) and config_hash(seeds[0]) != config_hash(seeds[1])
+    other = compose(ROOT, ["dataset=blobs", "seed=0", "optimizer.lr=0.01"])
+    assert group_hash(other) != group_hash(seeds[0]), "another learning rate is another group"
+    assert group_hash(compose(ROOT, ["dataset=blobs", "seed=0", "trainer.verbose=0"])) == group_hash(seeds[0])

@@ -18,7 +18,7 @@ from logitlab.schema.compose import (
     register,
     write_params,
 )
-from logitlab.schema.flat import NOT_HASHED, config_hash, flatten, run_params
+from logitlab.schema.flat import NOT_HASHED, config_hash, flatten, group_hash, run_params
 from logitlab.schema.messages import composition_error, config_error, unknown_key
 from logitlab.schema.types import (
     CONF_DIR,
@@ -53,6 +53,6 @@ __all__ = [
     "EvaluateConf", "EvaluateOn", "HeadConf", "Layout", "OptimizerConf", "OptimizerName", "PathsConf",
     "PipelineConf", "Precision", "ReportConf", "ReportRuns", "SweepConf", "Task", "TrackingConf", "TrainOn",
     "TrainerConf", "TrainerName", "check", "compose", "compose_params", "composition_error", "config_error",
-    "config_hash", "flatten", "load", "params_drift", "register", "run_params", "under_root", "unknown_key",
+    "config_hash", "flatten", "group_hash", "load", "params_drift", "register", "run_params", "under_root", "unknown_key",
     "write_params",
 ]

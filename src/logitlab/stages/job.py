@@ -16,6 +16,7 @@ SWEEP_FILE = ".logitlab-sweep.json"
 FAILED_DIR = ".logitlab-failed"
 SKIPPED_DIR = ".logitlab-skipped"
 CONFIG_HASH_TAG = "logitlab.config_hash"   # logitlab.schema.config_hash of a training run
+GROUP_TAG = "logitlab.group"               # logitlab.schema.group_hash: the config without its seed
 KIND_TAG = "logitlab.kind"
 SWEEP_TAG = "logitlab.sweep_id"
 PARENT_TAG = "mlflow.parentRunId"

@@ -49,6 +49,7 @@ from logitlab.files import (
     write_text,
 )
 from logitlab.model.heads import Head, head_of
+from logitlab.report.run_figure import FIGURE_FILE, draw_run_figure
 from logitlab.schema import (
     Config,
     EvaluateOn,
@@ -56,11 +57,12 @@ from logitlab.schema import (
     TrainerName,
     TrainOn,
     config_hash,
+    group_hash,
     run_params,
 )
 from logitlab.serving.pyfunc import log_model
 from logitlab.serving.registry import register
-from logitlab.stages.job import CONFIG_HASH_TAG, SWEEP_TAG, Job, read_sweep, record_skip
+from logitlab.stages.job import CONFIG_HASH_TAG, GROUP_TAG, SWEEP_TAG, Job, read_sweep, record_skip
 from logitlab.stages.sweep import finished_run
 from logitlab.tracking.lineage import datasets, dvc_experiment_tags, slurm_tags
 from logitlab.tracking.runs import RunLog, open_store, tracked_run
@@ -180,7 +182,7 @@ def decide(cfg: Config, root: Path, job: Job) -> Plan | float:
         log.warning("trainer.train_on=all trains on the test split too: its test metrics are not held out")
 
     tags = {**identity(cfg), "hydra.job.num": str(job.num), "hydra.overrides": redact_text(" ".join(job.overrides)),
-            CONFIG_HASH_TAG: key}
+            CONFIG_HASH_TAG: key, GROUP_TAG: group_hash(cfg)}
     parent = None
     if job.multirun:
         sweep = read_sweep(job.sweep_dir) or {}
@@ -248,6 +250,9 @@ def record(plan: Plan, model: Any, history: list[dict[str, float]], steps: list[
                    "params": plan.params, "examples": result.examples}
     write_outputs(files, model, history, result, predictions)
     notebook = write_printout(files.model_dir, result, x_eval, cfg, head, steps, plan.drawing)
+    picture = draw_run_figure(files.model_dir / FIGURE_FILE, result.outputs, result.probabilities, result.labels,
+                              str(cfg.task), head.from_logits, f"{plan.run_name}: {head.name} head, "
+                              f"{len(result.labels)} {cfg.evaluate.split} examples", history)
     run_log.flush()  # params and epochs in the store: the logged model takes them (the last epoch's metrics)
     logged = store_call("log the model", log_model, model, name=cfg.variant, task=str(cfg.task), head=head,
                         n_classes=cfg.ds.num_classes, example=x_eval, tags=identity(cfg), step=len(history) - 1)
@@ -256,7 +261,7 @@ def record(plan: Plan, model: Any, history: list[dict[str, float]], steps: list[
     run_log.flush()
     store_call("tag the run", mlflow.set_tags, result.tags)
     store_call("log the predictions", mlflow.log_dict, predictions, PREDICTIONS_FILE)
-    for path in (files.model_dir / OUTPUTS_FILE, *notebook):
+    for path in (files.model_dir / OUTPUTS_FILE, *notebook, picture):
         store_call(f"log {path.name}", mlflow.log_artifact, str(path))
     if cfg.registers:
         version = register(logged.model_id, run.info.run_id, dataset=cfg.dataset, task=str(cfg.task), head=head,
