@@ -13,15 +13,21 @@ export DVC_NO_ANALYTICS ?= 1
 # DVC stages call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast bench bench-pipeline params plots-page ui server serve
+.PHONY: setup repro test test-fast bench bench-pipeline params plots-page ui server serve lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet "pip>=23"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
+
+lock: $(STAMP)  ## resolve pyproject.toml's ranges anew (newest allowed) into requirements.lock, the versions make installs
+	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	{ sed -n '1,2p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	touch $(STAMP)
 
 # Workers for `make repro`; empty: as many as the cores this process may use.
 JOBS ?=
