@@ -77,6 +77,11 @@ def leftovers(tmp_path):
         ("train", ["dataset=cifar"], "unknown dataset 'cifar'; valid: blobs, mnist"),
         ("train", ["trainer=foo"], "unknown trainer 'foo' in override 'trainer=foo'; valid: fit, gradient_tape"),
         ("train", ["trainer.name=foo"], "trainer.name: Invalid value 'foo', expected one of [fit, gradient_tape]"),
+        ("train", ["datasets=mnist"], "'datasets' holds every dataset's settings; choose one with dataset=NAME, "
+                                      "e.g. dataset=mnist (valid: blobs, mnist), not 'datasets=mnist'"),
+        ("train", ["-m", "heads=logit,softmax"], "'heads' holds every head's settings; choose one with model.head=NAME, "
+                                                 "e.g. model.head=logit (valid: logit, sigmoid, sigmoid_strict, softmax, "
+                                                 "softmax_strict), not 'heads=logit,softmax'"),
         ("train", ["task=binary", "model.head=softmax"], "unknown model.head 'softmax' for task binary; valid: logit, "
                                                          "sigmoid, sigmoid_strict"),
         ("train", ["trainer.epochs=-1"], "trainer.epochs must be a positive whole number, got -1"),

@@ -18,6 +18,9 @@ from logitlab.errors import UserError, first_line
 from logitlab.schema import composition_error, load, register
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+# Config groups that hold every entry at once (conf/config.yaml's defaults place each under its name),
+# and the key that chooses one: `datasets=mnist` is a newcomer's way of saying `dataset=mnist`.
+CATALOGS = {"datasets": "dataset", "heads": "model.head"}
 
 
 def _single_value(override) -> str | None:
@@ -55,6 +58,13 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
         loader = GlobalHydra.instance().config_loader()
         for override in parsed:
             group = override.key_or_group
+            if group in CATALOGS and override.value_type is not None and override.package is None:
+                options = loader.get_group_options(group)
+                typed = str(override.value()) if not override.is_sweep_override() else ""
+                example = typed if typed in options else (options[0] if options else "NAME")
+                raise UserError(f"{group!r} holds every {group[:-1]}'s settings; choose one with "
+                                f"{CATALOGS[group]}=NAME, e.g. {CATALOGS[group]}={example} "
+                                f"(valid: {', '.join(options)}), not {override.input_line!r}")
             options = loader.get_group_options(group) if override.value_type is not None else []
             if not options:
                 continue
