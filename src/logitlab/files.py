@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from logitlab.errors import UserError
+from logitlab.errors import UserError, first_line
 
 # A variant's model folder: its Keras model, and every test output with the decision grid (2-D inputs).
 MODEL_FILE, OUTPUTS_FILE = "model.keras", "outputs.npz"
@@ -87,6 +87,28 @@ def damaged(path: Path, exc: BaseException, remake: str) -> UserError:
     """The one line for a file that exists but cannot be read."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UserError(f"{path} is damaged ({reason[:200]}); remake it: {remake}")
+
+
+# SQLite's result codes for a file that is no database (SQLITE_NOTADB) and for one whose pages are
+# broken (SQLITE_CORRUPT; its extended codes share the low byte).
+SQLITE_NOTADB, SQLITE_CORRUPT = 26, 11
+
+
+def sqlite_damage(exc: BaseException) -> str | None:
+    """SQLite's word, if `exc` or what caused it (SQLAlchemy and MLflow wrap it) is SQLite finding
+    that a file is no database or a damaged one ("file is not a database", "database disk image is
+    malformed"); None for any other error: a locked or busy database is not damaged."""
+    import sqlite3
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "sqlite_errorcode", -1) & 0xFF
+        if isinstance(current, sqlite3.DatabaseError) and code in (SQLITE_NOTADB, SQLITE_CORRUPT):
+            return first_line(current)
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
 
 
 def load_arrays(path: Path, keys: tuple[str, ...], *, remake: str) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from logitlab.errors import RunFailed, UserError
+from logitlab.errors import RunFailed, StoreDamaged, UserError
 from logitlab.files import write_json
 from logitlab.stages.job import (
     CONFIG_HASH_TAG,
@@ -178,7 +178,7 @@ class MlflowSweep(Callback):
         if info.get("parent_run_id"):
             try:
                 self._close_parent(config, info["parent_run_id"], len(failed), len(skipped))
-            except RunFailed as exc:  # the store went away: the parent stays RUNNING until reaped
+            except (RunFailed, StoreDamaged) as exc:  # the store went away: the parent stays RUNNING until reaped
                 print(f"logitlab sweep {info['sweep_id']}: error: {exc}", file=sys.stderr)
                 exit_code = exc.exit_code
         for f in failed:
@@ -199,9 +199,9 @@ class MlflowSweep(Callback):
 
         setup(load(config).tracking, config_root(config.hydra))
         client = mlflow.MlflowClient()
-        children = store_call("read the sweep's runs", client.search_runs,
-                                       [client.get_run(parent_run_id).info.experiment_id],
-                                       filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
+        experiment_id = store_call("read the sweep's run", client.get_run, parent_run_id).info.experiment_id
+        children = store_call("read the sweep's runs", client.search_runs, [experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
         statuses = [r.info.status for r in children]
         counts = {s: statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
         metrics = {f"jobs_{s.lower()}": float(n) for s, n in counts.items()}

@@ -1,0 +1,100 @@
+"""A damaged file gives one line wherever a command reads it: the SQLite tracking store (the train
+app, the report app, `python -m logitlab serve`). Each test damages the real file and runs the real
+command. (Damaged processed data: tests/test_pipeline.py; a damaged logged model: tests/test_serving.py.)"""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from helpers import PYTHON, app, subprocess_env, tiny_blobs
+
+STORE_REMAKE = "remake it: move it aside, then dvc repro -f records the pipeline's runs in a new store"
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return tiny_blobs(tmp_path_factory.mktemp("blobs"))
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory):
+    """A store as MLflow makes it: every table, an experiment."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").create_experiment("logitlab")
+    return db
+
+
+def damage(path, how):
+    body = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(body[: len(body) // 2])
+    else:  # "garbage": no database at all
+        path.write_bytes(np.random.default_rng(0).bytes(len(body)))
+
+
+def one_line(proc, stage, code=2):
+    """The error line, once its command has failed with `code`, that line last, alone, no traceback."""
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(f"logitlab {stage}: error: ")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[-3000:]
+    return errors[0].removeprefix(f"logitlab {stage}: error: ")
+
+
+def test_store_calls_stop_at_once_on_a_damaged_store_and_wait_out_a_locked_one(real_store, tmp_path, caplog):
+    import sqlite3
+
+    import mlflow
+
+    from logitlab.errors import StoreDamaged
+    from logitlab.files import sqlite_damage
+    from logitlab.tracking.store import store_call
+
+    for how in ("truncated", "garbage"):
+        db = tmp_path / f"{how}.db"
+        shutil.copy(real_store, db)
+        damage(db, how)
+        mlflow.set_tracking_uri(f"sqlite:///{db}")
+        try:
+            with pytest.raises(StoreDamaged) as caught:
+                store_call("open experiment", mlflow.get_experiment_by_name, "logitlab")
+        finally:
+            mlflow.set_tracking_uri(None)
+        reason = "database disk image is malformed" if how == "truncated" else "file is not a database"
+        assert str(caught.value) == f"tracking store {db} is damaged ({reason}); {STORE_REMAKE}"
+        assert caught.value.exit_code == 2
+    assert "busy" not in caplog.text, "never retried"
+    locked = sqlite3.connect(real_store, timeout=0)
+    locked.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            sqlite3.connect(real_store, timeout=0).execute("SELECT * FROM experiments")
+    finally:
+        locked.rollback()
+        locked.close()
+    assert sqlite_damage(busy.value) is None, "a locked store is busy, not damaged"
+
+
+@pytest.mark.parametrize("command, how", [("train", "truncated"), ("report", "garbage"), ("serve", "truncated"),
+                                          ("serve", "garbage")])
+def test_a_damaged_tracking_store_is_one_line_naming_it(tmp_path, blobs, real_store, command, how):
+    db = tmp_path / "mlflow.db"
+    shutil.copy(real_store, db)
+    damage(db, how)
+    uri = f"sqlite:///{db}"
+    if command == "serve":
+        cmd = [PYTHON, "-m", "logitlab", "serve", "models:/logitlab-blobs@champion", "--tracking-uri", uri]
+    else:
+        extra = ["trainer.epochs=1"] if command == "train" else ["report.runs=experiment",
+                                                                 f"report.out_dir={tmp_path / 'report'}"]
+        cmd = app(command, *blobs, *extra, f"tracking.uri='{uri}'", f"hydra.run.dir={tmp_path / 'job'}")
+    before = db.read_bytes()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    reason = "database disk image is malformed" if how == "truncated" else "file is not a database"
+    assert one_line(proc, command) == f"tracking store {db} is damaged ({reason}); {STORE_REMAKE}"
+    assert db.read_bytes() == before, "the damaged store is left as it was, for whoever wants to rescue runs"
+    assert not (tmp_path / "job" / "model.keras").exists() and not (tmp_path / "report").exists()
