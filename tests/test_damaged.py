@@ -1,7 +1,9 @@
 """A damaged file gives one line wherever a command reads it: the SQLite tracking store (the train
-app, the report app, `python -m logitlab serve`). Each test damages the real file and runs the real
-command. (Damaged processed data: tests/test_pipeline.py; a damaged logged model: tests/test_serving.py.)"""
+app, the report app, `python -m logitlab serve`) and an optuna study's storage (a sweep). Each test
+damages the real file and runs the real command. (Damaged processed data: tests/test_pipeline.py; a
+damaged logged model: tests/test_serving.py.)"""
 
+import re
 import shutil
 import subprocess
 
@@ -11,6 +13,7 @@ import pytest
 from helpers import PYTHON, app, subprocess_env, tiny_blobs
 
 STORE_REMAKE = "remake it: move it aside, then dvc repro -f records the pipeline's runs in a new store"
+STUDY_REMAKE = "remake it: move it aside and launch the sweep again: its optuna study starts afresh"
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,10 @@ def damage(path, how):
     body = path.read_bytes()
     if how == "truncated":
         path.write_bytes(body[: len(body) // 2])
-    else:  # "garbage": no database at all
+    elif how == "garbage":  # no database at all
         path.write_bytes(np.random.default_rng(0).bytes(len(body)))
+    else:  # "a page": its last page overwritten, the rest as it was
+        path.write_bytes(body[:-4096] + b"\xff" * 4096)
 
 
 def one_line(proc, stage, code=2):
@@ -98,3 +103,34 @@ def test_a_damaged_tracking_store_is_one_line_naming_it(tmp_path, blobs, real_st
     assert one_line(proc, command) == f"tracking store {db} is damaged ({reason}); {STORE_REMAKE}"
     assert db.read_bytes() == before, "the damaged store is left as it was, for whoever wants to rescue runs"
     assert not (tmp_path / "job" / "model.keras").exists() and not (tmp_path / "report").exists()
+
+
+def optuna_study(db):
+    """A real study of a few trials in `db`, as the lr_search sweeper keeps it."""
+    import optuna
+
+    from logitlab.stages.sweep import prepare_optuna_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prepare_optuna_storage(f"sqlite:///{db}")
+    study = optuna.create_study(study_name="logitlab-lr", storage=f"sqlite:///{db}", load_if_exists=True)
+    study.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1e-1, log=True), n_trials=20)
+
+
+@pytest.mark.parametrize("how", ["garbage", "a page"])
+def test_a_damaged_optuna_storage_stops_the_sweep_in_one_line_before_its_run_starts(tmp_path, blobs, how):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    storage = sweep_dir / "optuna.db"
+    optuna_study(storage)
+    damage(storage, how)
+    proc = subprocess.run(app("train", "-m", "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=2", *blobs,
+                              "trainer.epochs=1", f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'",
+                              f"hydra.sweep.dir={sweep_dir}"),
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    line = one_line(proc, "sweep")
+    assert line.startswith(f"{storage} is damaged (") and line.endswith(f"); {STUDY_REMAKE}"), line
+    reason = line.removeprefix(f"{storage} is damaged (").removesuffix(f"); {STUDY_REMAKE}")
+    expected = "file is not a database" if how == "garbage" else r"Page \d+: btreeInitPage\(\) returns error code 11"
+    assert re.fullmatch(expected, reason), reason
+    assert not (tmp_path / "mlflow.db").exists(), "no sweep run was started, no job ran"

@@ -111,6 +111,26 @@ def sqlite_damage(exc: BaseException) -> str | None:
     return None
 
 
+def check_sqlite(path: Path, remake: str) -> None:
+    """A UserError naming `path` and `remake` if the SQLite file there is no database or a damaged one,
+    by SQLite's quick_check (every page is read: meant for small files, such as an optuna study's). No
+    file is no damage; a check that cannot run (the file locked by a writer) is left to the file's user."""
+    import sqlite3
+
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            problems = [line for (row,) in db.execute("PRAGMA quick_check") for line in str(row).splitlines()]
+    except sqlite3.DatabaseError as exc:
+        if sqlite_damage(exc) is None:
+            return
+        raise damaged(path, exc, remake) from None
+    if problems != ["ok"]:  # e.g. "*** in database main ***", "Page 15: btreeInitPage() returns error code 11"
+        found = [line for line in problems if not line.startswith("***")] or ["SQLite's quick_check failed"]
+        raise damaged(path, ValueError(found[0]), remake)
+
+
 def load_arrays(path: Path, keys: tuple[str, ...], *, remake: str) -> dict[str, np.ndarray]:
     """Arrays from an .npz this pipeline wrote; a missing, truncated or incomplete file names `remake`,
     the command that makes it again (e.g. `dvc repro -f preprocess@mnist`)."""

@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from logitlab.errors import RunFailed, StoreDamaged, UserError
-from logitlab.files import write_json
+from logitlab.files import check_sqlite, write_json
 from logitlab.stages.job import (
     CONFIG_HASH_TAG,
     KIND_TAG,
@@ -61,6 +61,10 @@ def _optuna_storage(config: DictConfig) -> str | None:
     if "Optuna" not in str(sweeper.get("_target_", "")) or not sweeper.get("storage"):
         return None
     return str(sweeper.storage)
+
+
+# What remakes a damaged optuna storage: nothing but the study's trials depends on it.
+REMAKE_STUDY = "move it aside and launch the sweep again: its optuna study starts afresh"
 
 
 def prepare_optuna_storage(url: str) -> None:
@@ -143,6 +147,14 @@ class MlflowSweep(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         info: dict[str, Any] = {"sweep_id": sweep_id, "app": config.hydra.job.name, "parent_run_id": None}
+        storage = _optuna_storage(config)
+        if storage and storage.startswith("sqlite:"):  # before the sweep's run: a damaged storage fails first
+            from logitlab.tracking.store import sqlite_path
+
+            db = sqlite_path(storage)
+            if db is not None:
+                check_sqlite(db, REMAKE_STUDY)
+            prepare_optuna_storage(storage)
         if config.hydra.job.name in self.apps:
             import mlflow
 
@@ -159,9 +171,6 @@ class MlflowSweep(Callback):
             info["parent_run_id"] = parent.info.run_id
             log.info("sweep %s: parent run %s (%s)", sweep_id, parent.info.run_id, runs_link(experiment_id))
         write_json(sweep_dir / SWEEP_FILE, info)
-        storage = _optuna_storage(config)
-        if storage and storage.startswith("sqlite:"):
-            prepare_optuna_storage(storage)
         if load(config).sweep.resume:
             _resume_optuna(config)
 
