@@ -1,8 +1,9 @@
 """A damaged file gives one line wherever a command reads it: the SQLite tracking store (the train
-app, the report app, `python -m logitlab serve`) and an optuna study's storage (a sweep). Each test
-damages the real file and runs the real command. (Damaged processed data: tests/test_pipeline.py; a
-damaged logged model: tests/test_serving.py.)"""
+app, the report app, `python -m logitlab serve`), an optuna study's storage (a sweep), and a job's
+checkpoint, which a job survives. Each test damages the real file and runs the real command.
+(Damaged processed data: tests/test_pipeline.py; a damaged logged model: tests/test_serving.py.)"""
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from helpers import PYTHON, app, subprocess_env, tiny_blobs
+from helpers import PYTHON, app, runs_of, subprocess_env, tiny_blobs
 
 STORE_REMAKE = "remake it: move it aside, then dvc repro -f records the pipeline's runs in a new store"
 STUDY_REMAKE = "remake it: move it aside and launch the sweep again: its optuna study starts afresh"
@@ -134,3 +135,26 @@ def test_a_damaged_optuna_storage_stops_the_sweep_in_one_line_before_its_run_sta
     expected = "file is not a database" if how == "garbage" else r"Page \d+: btreeInitPage\(\) returns error code 11"
     assert re.fullmatch(expected, reason), reason
     assert not (tmp_path / "mlflow.db").exists(), "no sweep run was started, no job ran"
+
+
+def test_a_damaged_checkpoint_is_one_warning_and_the_job_trains_from_epoch_1(tmp_path, blobs):
+    """A requeued job whose checkpoint is damaged still gets somewhere: the checkpoint only saves time,
+    so the job says so in one line and trains afresh, in a run of its own, rather than fail every requeue."""
+    job = tmp_path / "job"
+    state = job / ".logitlab-checkpoint" / "state.npz"
+    state.parent.mkdir(parents=True)
+    np.savez(state, weight_0=np.zeros((2, 8), np.float32),
+             state=np.array(json.dumps({"key": "k", "run_id": "0" * 32, "history": [{"loss": 1.0}]})))
+    damage(state, "truncated")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(app("train", *blobs, "trainer.epochs=2", "trainer.checkpoint=true", "trainer.verbose=0",
+                              f"tracking.uri='{store}'", f"hydra.run.dir={job}"),
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    [line] = [line for line in output.splitlines() if str(state) in line]
+    assert line.endswith(f"checkpoint {state} is damaged (File is not a zip file): starting from epoch 1"), line
+    [run] = runs_of(store)
+    assert run.info.status == "FINISHED" and "logitlab.resumed_after_epoch" not in run.data.tags
+    assert not state.parent.exists(), "the finished job cleared its checkpoint"
