@@ -3,6 +3,7 @@ epochs so far, the run's id); a job started again in its folder continues the sa
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -52,6 +53,9 @@ def test_a_checkpoint_of_another_config_or_a_damaged_one_is_not_resumed(tmp_path
     assert Checkpoint(tmp_path, "other").load() is None
     (tmp_path / CHECKPOINT_DIR / "state.npz").write_bytes(b"PK\x03\x04 not a zip")
     assert Checkpoint(tmp_path, "k").load() is None
+    for state in ({"key": "k", "history": []}, ["k", "run-1"]):  # a whole archive, but not the state save() writes
+        np.savez(tmp_path / CHECKPOINT_DIR / "state.npz", weight_0=np.zeros(2), state=np.array(json.dumps(state)))
+        assert Checkpoint(tmp_path, "k").load() is None
     assert Checkpoint(tmp_path / "nowhere", "k").load() is None
 
 

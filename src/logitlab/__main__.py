@@ -59,17 +59,21 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """`mlflow models serve` on the project's store, in this environment (the pyfunc loader is logitlab's),
     once the model URI is known to name a registered model; a UserError otherwise."""
+    import mlflow
+
     from logitlab.errors import UserError
     from logitlab.schema import TrackingConf
     from logitlab.serving.registry import check_model_files, check_model_uri
-    from logitlab.tracking.store import client_limits, tracking_uri
+    from logitlab.tracking.store import client_limits, sqlite_path, tracking_uri
 
     conf = TrackingConf(uri=args.tracking_uri)
     uri = tracking_uri(conf, args.root.resolve())
-    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
         raise UserError(f"no tracking store at {uri}; `make repro` trains and registers the models, or pass "
                         "--tracking-uri (or set MLFLOW_TRACKING_URI)")
     client_limits(conf)  # a server that does not answer fails within seconds
+    mlflow.set_tracking_uri(uri)  # the store a failure names (a damaged SQLite file, say)
     check_model_uri(args.model, uri)
     check_model_files(args.model, uri)  # a damaged model fails here in one line, not in MLflow's server
     bin_dir = Path(sys.executable).parent

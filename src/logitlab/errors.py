@@ -39,6 +39,11 @@ class StoreUnavailable(RunFailed):
     """The tracking store did not answer, or stayed locked, after bounded retries."""
 
 
+class StoreDamaged(UserError):
+    """The SQLite file of the tracking store is no database, or a damaged one: asking again cannot
+    help, so it is never retried; one line naming the file and what to do, exit 2."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT during a run, raised as a KeyboardInterrupt so that every cleanup path runs."""
 

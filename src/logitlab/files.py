@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from logitlab.errors import UserError
+from logitlab.errors import UserError, first_line
 
 # A variant's model folder: its Keras model, and every test output with the decision grid (2-D inputs).
 MODEL_FILE, OUTPUTS_FILE = "model.keras", "outputs.npz"
@@ -87,6 +87,48 @@ def damaged(path: Path, exc: BaseException, remake: str) -> UserError:
     """The one line for a file that exists but cannot be read."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UserError(f"{path} is damaged ({reason[:200]}); remake it: {remake}")
+
+
+# SQLite's result codes for a file that is no database (SQLITE_NOTADB) and for one whose pages are
+# broken (SQLITE_CORRUPT; its extended codes share the low byte).
+SQLITE_NOTADB, SQLITE_CORRUPT = 26, 11
+
+
+def sqlite_damage(exc: BaseException) -> str | None:
+    """SQLite's word, if `exc` or what caused it (SQLAlchemy and MLflow wrap it) is SQLite finding
+    that a file is no database or a damaged one ("file is not a database", "database disk image is
+    malformed"); None for any other error: a locked or busy database is not damaged."""
+    import sqlite3
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "sqlite_errorcode", -1) & 0xFF
+        if isinstance(current, sqlite3.DatabaseError) and code in (SQLITE_NOTADB, SQLITE_CORRUPT):
+            return first_line(current)
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
+
+
+def check_sqlite(path: Path, remake: str) -> None:
+    """A UserError naming `path` and `remake` if the SQLite file there is no database or a damaged one,
+    by SQLite's quick_check (every page is read: meant for small files, such as an optuna study's). No
+    file is no damage; a check that cannot run (the file locked by a writer) is left to the file's user."""
+    import sqlite3
+
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            problems = [line for (row,) in db.execute("PRAGMA quick_check") for line in str(row).splitlines()]
+    except sqlite3.DatabaseError as exc:
+        if sqlite_damage(exc) is None:
+            return
+        raise damaged(path, exc, remake) from None
+    if problems != ["ok"]:  # e.g. "*** in database main ***", "Page 15: btreeInitPage() returns error code 11"
+        found = [line for line in problems if not line.startswith("***")] or ["SQLite's quick_check failed"]
+        raise damaged(path, ValueError(found[0]), remake)
 
 
 def load_arrays(path: Path, keys: tuple[str, ...], *, remake: str) -> dict[str, np.ndarray]:

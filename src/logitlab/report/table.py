@@ -16,6 +16,7 @@ from logitlab.errors import UserError
 from logitlab.evaluate.registry import names
 from logitlab.files import read_json
 from logitlab.schema import Config, Task, TrainerName
+from logitlab.tracking.store import store_call
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ def experiment_runs(experiment: str) -> pd.DataFrame:
     ran twice keeps its latest run."""
     import mlflow
 
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'",
-                              output_format="pandas")
+    runs = store_call("read the experiment's runs", mlflow.search_runs, experiment_names=[experiment],
+                      filter_string="attributes.status = 'FINISHED'", output_format="pandas")
     if runs.empty or "tags.logitlab.variant" not in runs:
         raise UserError(f"no finished training runs in MLflow experiment {experiment!r}")
     runs = with_config(complete(runs[runs["tags.logitlab.variant"].notna()].copy()))

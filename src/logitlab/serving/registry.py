@@ -22,7 +22,7 @@ from typing import Any
 from logitlab.errors import UserError, first_line, redact_text
 from logitlab.model.heads import Head
 from logitlab.schema import Task, TrainerName
-from logitlab.tracking.store import store_call
+from logitlab.tracking.store import sqlite_path, store_call
 
 PREFIX = "logitlab"
 CHAMPION = "champion"
@@ -104,8 +104,8 @@ def aliases_lock(tracking_uri: str) -> Any:
 
     from logitlab.errors import StoreUnavailable
 
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+    db = sqlite_path(tracking_uri)
+    if db is not None:
         path = db.with_name(db.name + ".aliases.lock")
     else:
         digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
@@ -158,7 +158,7 @@ def check_model_uri(uri: str, tracking_uri: str) -> None:
     if not match:
         raise UserError(f"model {uri!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION, "
                         f"e.g. models:/{registered_name('mnist', 'multiclass')}@{CHAMPION}")
-    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client = store_call("open the tracking store", mlflow.MlflowClient, tracking_uri, registry_uri=tracking_uri)
     name, wanted_alias, version = match["name"], match["alias"], match["version"]
     store = redact_text(tracking_uri)
     if name.startswith("m-") and not (wanted_alias or version):
@@ -246,7 +246,7 @@ def load(uri: str, tracking_uri: str | None = None) -> Any:
     import mlflow
 
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # the store a failure names
     check_model_uri(uri, tracking_uri)
     local = check_model_files(uri, tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
     return mlflow.pyfunc.load_model(str(local))

@@ -27,8 +27,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from logitlab.errors import RunFailed, UserError
-from logitlab.files import write_json
+from logitlab.errors import RunFailed, StoreDamaged, UserError
+from logitlab.files import check_sqlite, write_json
 from logitlab.stages.job import (
     CONFIG_HASH_TAG,
     KIND_TAG,
@@ -61,6 +61,10 @@ def _optuna_storage(config: DictConfig) -> str | None:
     if "Optuna" not in str(sweeper.get("_target_", "")) or not sweeper.get("storage"):
         return None
     return str(sweeper.storage)
+
+
+# What remakes a damaged optuna storage: nothing but the study's trials depends on it.
+REMAKE_STUDY = "move it aside and launch the sweep again: its optuna study starts afresh"
 
 
 def prepare_optuna_storage(url: str) -> None:
@@ -143,6 +147,14 @@ class MlflowSweep(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         info: dict[str, Any] = {"sweep_id": sweep_id, "app": config.hydra.job.name, "parent_run_id": None}
+        storage = _optuna_storage(config)
+        if storage and storage.startswith("sqlite:"):  # before the sweep's run: a damaged storage fails first
+            from logitlab.tracking.store import sqlite_path
+
+            db = sqlite_path(storage)
+            if db is not None:
+                check_sqlite(db, REMAKE_STUDY)
+            prepare_optuna_storage(storage)
         if config.hydra.job.name in self.apps:
             import mlflow
 
@@ -159,9 +171,6 @@ class MlflowSweep(Callback):
             info["parent_run_id"] = parent.info.run_id
             log.info("sweep %s: parent run %s (%s)", sweep_id, parent.info.run_id, runs_link(experiment_id))
         write_json(sweep_dir / SWEEP_FILE, info)
-        storage = _optuna_storage(config)
-        if storage and storage.startswith("sqlite:"):
-            prepare_optuna_storage(storage)
         if load(config).sweep.resume:
             _resume_optuna(config)
 
@@ -178,7 +187,7 @@ class MlflowSweep(Callback):
         if info.get("parent_run_id"):
             try:
                 self._close_parent(config, info["parent_run_id"], len(failed), len(skipped))
-            except RunFailed as exc:  # the store went away: the parent stays RUNNING until reaped
+            except (RunFailed, StoreDamaged) as exc:  # the store went away: the parent stays RUNNING until reaped
                 print(f"logitlab sweep {info['sweep_id']}: error: {exc}", file=sys.stderr)
                 exit_code = exc.exit_code
         for f in failed:
@@ -199,9 +208,9 @@ class MlflowSweep(Callback):
 
         setup(load(config).tracking, config_root(config.hydra))
         client = mlflow.MlflowClient()
-        children = store_call("read the sweep's runs", client.search_runs,
-                                       [client.get_run(parent_run_id).info.experiment_id],
-                                       filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
+        experiment_id = store_call("read the sweep's run", client.get_run, parent_run_id).info.experiment_id
+        children = store_call("read the sweep's runs", client.search_runs, [experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
         statuses = [r.info.status for r in children]
         counts = {s: statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
         metrics = {f"jobs_{s.lower()}": float(n) for s, n in counts.items()}

@@ -35,7 +35,7 @@ from logitlab.data.preprocess import (
     splits,
     task_labels,
 )
-from logitlab.errors import Diverged, StoreUnavailable, redact_text
+from logitlab.errors import Diverged, StoreDamaged, StoreUnavailable, redact_text
 from logitlab.evaluate.metrics import Evaluation, evaluate
 from logitlab.evaluate.registry import names
 from logitlab.evaluate.printout import write_printout
@@ -359,6 +359,6 @@ def _flush_after_error(run_log: RunLog) -> None:
     """Flush while another exception is on its way: a store failing now is logged, not raised over it."""
     try:
         run_log.flush()
-    except (StoreUnavailable, KeyboardInterrupt) as exc:
+    except (StoreUnavailable, StoreDamaged, KeyboardInterrupt) as exc:
         log.error("could not log the last metrics: %s", exc)
 

@@ -15,6 +15,7 @@ from typing import Any
 from logitlab.errors import (
     Diverged,
     Interrupted,
+    StoreDamaged,
     StoreUnavailable,
     first_line,
     interrupts_end_the_run,
@@ -150,7 +151,7 @@ def _end_after_error(run_id: str, status: str, tags: Mapping[str, str]) -> None:
     over the original error (and the run's dead process gets it reaped later)."""
     try:
         _end(run_id, status, tags)
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, StoreDamaged) as exc:
         log.error("could not mark run %s %s: %s", run_id, status, exc)
 
 

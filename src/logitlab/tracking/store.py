@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from logitlab.errors import StoreUnavailable, first_line, redact_text
+from logitlab.errors import StoreDamaged, StoreUnavailable, first_line, redact_text
+from logitlab.files import sqlite_damage
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,19 @@ def client_limits(tracking: Any) -> tuple[int, float]:
 _limits = {"retries": 3, "backoff": 1.0}
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (its query string dropped), None for any other store."""
+    return Path(uri.removeprefix("sqlite:///").split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
+def store_damaged(uri: str, reason: str) -> StoreDamaged:
+    """The one line for a SQLite store that is no database or a damaged one. No stage reads the store
+    to make its outputs, so a new store loses only the runs: the pipeline's are recorded again."""
+    db = sqlite_path(uri) or redact_text(uri)
+    return StoreDamaged(f"tracking store {db} is damaged ({reason[:200]}); remake it: move it aside, then "
+                        "dvc repro -f records the pipeline's runs in a new store")
+
+
 # Two writers inserting the same row at once: MLflow checks, then inserts (concurrent jobs logging
 # one dataset to a server on PostgreSQL collide on "dataset_pk"); asked again, it finds the row.
 INSERT_RACES = ("duplicate key value violates unique constraint", "unique constraint failed", "duplicate entry")
@@ -70,7 +84,8 @@ def _busy(exc: BaseException) -> bool:
 def store_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """fn(*args, **kwargs) against the tracking store: a busy store is retried with exponential backoff
     (tracking.retries times); one that still fails is a StoreUnavailable naming the store, never a hang.
-    (MLflow's HTTP client retries connection errors itself, within the same bounds.)"""
+    A damaged SQLite file is a StoreDamaged at once. (MLflow's HTTP client retries connection errors
+    itself, within the same bounds.)"""
     import mlflow
     import requests
     import sqlalchemy.exc
@@ -82,6 +97,9 @@ def store_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except failures as exc:
+            damage = sqlite_damage(exc)
+            if damage:
+                raise store_damaged(mlflow.get_tracking_uri(), damage) from exc
             if _busy(exc) and attempt < retries:
                 delay = backoff * 2 ** attempt
                 log.warning("tracking store busy (%s), retry %d of %d in %.1fs", what, attempt + 1, retries, delay)
@@ -120,9 +138,8 @@ def setup(tracking: Any, root: Path) -> str:
         experiment = store_call("open experiment " + repr(name), mlflow.get_experiment_by_name, name)
         if experiment is None:
             # A SQLite store keeps its artifacts beside the DB file; a server decides for itself.
-            location = None
-            if uri.startswith("sqlite:///"):
-                location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).resolve().as_uri()
+            db = sqlite_path(uri)
+            location = (db.parent / ARTIFACTS_DIR).resolve().as_uri() if db is not None else None
             try:
                 mlflow.create_experiment(name, artifact_location=location,
                                          tags={"mlflow.experimentKind": "custom_model_development"})
@@ -143,11 +160,11 @@ _active: dict[str, Any] = {}
 def _first_use_lock(uri: str) -> contextlib.AbstractContextManager:
     """Serialize the first use of a SQLite store between processes: two jobs that both find no
     database would both create MLflow's tables ("table ... already exists")."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is None:
         return contextlib.nullcontext()
     from filelock import FileLock
 
-    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
     db.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(db.with_name(db.name + ".lock"))
 

@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from logitlab.errors import first_line
 from logitlab.files import DAMAGED, atomic_path
 
 log = logging.getLogger(__name__)
@@ -55,21 +56,23 @@ class Checkpoint:
         self.key = key
 
     def load(self) -> tuple[Resumed, dict[str, np.ndarray]] | None:
-        """The saved state, or None: no checkpoint, one of another config, or one that cannot be read
-        (each said in the log; the job then starts from epoch 1)."""
+        """The saved state, or None: no checkpoint, one of another config, or a damaged one (each said
+        in one line of the log; the job then starts from epoch 1). A damaged checkpoint does not fail
+        the job: it only saves time, and a requeued job that failed on it would never get anywhere."""
         if not self.path.is_file():
             return None
         try:
             with np.load(self.path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             state = json.loads(str(arrays.pop("state")))
-        except (*DAMAGED, json.JSONDecodeError) as exc:
-            log.warning("checkpoint %s cannot be read (%s): starting from epoch 1", self.path, exc)
+            key, resumed = state["key"], Resumed(run_id=str(state["run_id"]), history=list(state["history"]))
+        except (*DAMAGED, TypeError) as exc:  # TypeError: a state that is not the dict save() writes
+            log.warning("checkpoint %s is damaged (%s): starting from epoch 1", self.path, first_line(exc))
             return None
-        if state.get("key") != self.key:
+        if key != self.key:
             log.warning("checkpoint %s is of another config: starting from epoch 1", self.path)
             return None
-        return Resumed(run_id=state["run_id"], history=state["history"]), arrays
+        return resumed, arrays
 
     def save(self, model: keras.Model, run_id: str, history: list[dict[str, float]]) -> None:
         arrays = {f"weight_{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
