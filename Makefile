@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS ?= 1
 # DVC stages call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast bench bench-pipeline params plots-page ui server serve lock
+.PHONY: setup repro test test-fast bench bench-pipeline params plots-page ui server serve lock docs-images
 
 setup: $(STAMP)
 
@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
+docs-images: $(STAMP)  ## a maintainer's command: the README's images under docs/images/ from a finished make repro (rewrites them)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,docs]'
+	$(BIN)/python docs/make_images.py
+
 lock: $(STAMP)  ## resolve pyproject.toml's ranges anew (newest allowed) into requirements.lock, the versions make installs
-	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,docs]'
 	{ sed -n '1,2p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 	touch $(STAMP)
