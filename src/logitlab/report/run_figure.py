@@ -36,12 +36,17 @@ def true_class_probability(probs: np.ndarray, labels: np.ndarray, task: str) -> 
     return p[np.arange(len(labels)), labels]
 
 
+def true_class_loss(probs: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
+    """Each example's -log p(its class), in float64 (inf where that probability is exactly 0)."""
+    with np.errstate(divide="ignore"):
+        return -np.log(true_class_probability(probs, np.asarray(labels).reshape(-1).astype(np.int64), task))
+
+
 def band_counts(probs: np.ndarray, labels: np.ndarray, task: str) -> dict[str, int]:
     """What the picture counts: probabilities exactly 0, exactly 1, in Keras's clip band (each of a
     binary head's p once), and test examples whose loss from p is at or past the ceiling."""
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    with np.errstate(divide="ignore"):  # a probability of exactly 0: an infinite loss, past the ceiling
-        loss = -np.log(true_class_probability(probs, np.asarray(labels).reshape(-1).astype(np.int64), task))
+    loss = true_class_loss(probs, labels, task)
     return {"exact0": int((p == 0).sum()), "exact1": int((p == 1).sum()),
             "clip_band": int(((p < EPSILON) | (p > 1 - EPSILON)).sum()), "probabilities": int(p.size),
             "at_ceiling": int((loss >= CLIP_CEILING * (1 - 1e-6)).sum()), "examples": int(len(loss))}
@@ -59,27 +64,39 @@ def draw_run_figure(path: Path, outputs: np.ndarray, probs: np.ndarray, labels: 
                     from_logits: bool, title: str, history: Sequence[dict[str, float]] = ()) -> Path:
     """The run's picture, written atomically to `path`."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
     curves = len(history) > 1
     fig = Figure(figsize=(4.0 * (3 + curves), 3.3))
     axes = fig.subplots(1, 3 + curves)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.2, top=0.84, wspace=0.28)  # a fixed layout: no solver
     fig.suptitle(title, fontsize=10)
+    counts = band_counts(probs, labels, task)
+    _raw_outputs(axes[0], outputs, from_logits)
+    _probabilities(axes[1], probs, counts)
+    _losses(axes[2], true_class_loss(probs, labels, task), counts)
+    if curves:
+        _curves(axes[3], history)
+    for ax in axes:
+        _plain_log_ticks(ax)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    return path
 
+
+def _raw_outputs(ax, outputs: np.ndarray, from_logits: bool) -> None:
     raw = np.asarray(outputs, dtype=np.float64).reshape(-1)
-    ax = axes[0]
     ax.stairs(*np.histogram(raw[np.isfinite(raw)], bins=48), fill=True, color="#4c72b0")
     ax.set_yscale("log")
     ax.set_title("raw outputs (" + ("logits" if from_logits else "probabilities") + ")", fontsize=9)
     ax.set_xlabel("value")
     ax.set_ylabel("count")
 
+
+def _probabilities(ax, probs: np.ndarray, counts: dict[str, int]) -> None:
+    """Every probability's distance from its nearer end, the clip band shaded (always in view)."""
     p = np.asarray(probs, dtype=np.float64).reshape(-1)   # a binary head's p once per example
     near0, near1 = p[(p > 0) & (p <= 0.5)], 1 - p[(p > 0.5) & (p < 1)]
-    ax = axes[1]
-    seen = np.concatenate([near0, near1])
-    low = max(TINY, min(EPSILON / 100, seen.min(initial=1.0) / 3))  # the clip band always shows
+    low = max(TINY, min(EPSILON / 100, np.concatenate([near0, near1]).min(initial=1.0) / 3))
     ax.axvspan(low, EPSILON, color=BAND, label="clip band (< 1e-7)")
     bins = _log_bins(low, 0.5)
     for values, colour, label in ((near0, "#4c72b0", "p ≤ ½: p"), (near1, "#dd8452", "p > ½: 1 − p")):
@@ -87,16 +104,15 @@ def draw_run_figure(path: Path, outputs: np.ndarray, probs: np.ndarray, labels: 
     ax.set_xscale("log")
     ax.set_xlim(low, 0.5)
     ax.set_yscale("log")
-    counts = band_counts(probs, labels, task)
     ax.set_title("probabilities: distance from 0 and 1", fontsize=9)
     ax.set_xlabel(f"exactly 0: {counts['exact0']}   exactly 1: {counts['exact1']}   "
                   f"in the clip band: {counts['clip_band']} of {counts['probabilities']}", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
 
-    with np.errstate(divide="ignore"):  # a probability of exactly 0: an infinite loss, past the ceiling
-        loss = -np.log(true_class_probability(probs, np.asarray(labels).reshape(-1).astype(np.int64), task))
+
+def _losses(ax, loss: np.ndarray, counts: dict[str, int]) -> None:
+    """Each example's loss from p, the ceiling marked."""
     finite = loss[np.isfinite(loss) & (loss > 0)]
-    ax = axes[2]
     bins = _log_bins(max(finite.min(initial=1e-12) / 2, 1e-300), max(finite.max(initial=1.0), 40))
     ax.stairs(np.histogram(finite, bins=bins)[0], bins, fill=True, color="#55a868")
     ax.axvline(CLIP_CEILING, color="#c44e52", linestyle="--", label=f"ceiling {CLIP_CEILING:.3f}")
@@ -107,24 +123,25 @@ def draw_run_figure(path: Path, outputs: np.ndarray, probs: np.ndarray, labels: 
                   fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
 
-    if curves:
-        ax = axes[3]
-        epochs = np.arange(1, len(history) + 1)
-        for key, style in (("loss", "-"), ("val_loss", "--")):
-            if all(key in h for h in history):
-                ax.plot(epochs, [h[key] for h in history], style, marker="o", markersize=3, label=key)
-        ax.set_yscale("log")
-        ax.set_title("loss per epoch", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
 
-    for ax in axes:
-        ax.tick_params(labelsize=7)
-        for axis in (ax.xaxis, ax.yaxis):
-            if axis.get_scale() == "log":  # a few decades, plain labels (no mathtext), no minor ticks: fast
-                axis.set_major_locator(LogLocator(numticks=6))
-                axis.set_major_formatter(FuncFormatter(_decade))
-                axis.set_minor_locator(NullLocator())
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    return path
+def _curves(ax, history: Sequence[dict[str, float]]) -> None:
+    epochs = np.arange(1, len(history) + 1)
+    for key, style in (("loss", "-"), ("val_loss", "--")):
+        if all(key in h for h in history):
+            ax.plot(epochs, [h[key] for h in history], style, marker="o", markersize=3, label=key)
+    ax.set_yscale("log")
+    ax.set_title("loss per epoch", fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=7)
+
+
+def _plain_log_ticks(ax) -> None:
+    """A few decades on a log axis, plain labels (no mathtext), no minor ticks: a fast draw."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    ax.tick_params(labelsize=7)
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_major_locator(LogLocator(numticks=6))
+            axis.set_major_formatter(FuncFormatter(_decade))
+            axis.set_minor_locator(NullLocator())
