@@ -7,7 +7,7 @@ import pytest
 
 from logitlab.errors import UserError
 from helpers import ROOT
-from logitlab.report.plots import draw_lines, identical, plot_curves, point_colours
+from logitlab.report.plots import Styles, Twins, draw_lines, identical, plot_curves, point_colours, seeds_note
 from logitlab.report.table import (
     METRICS,
     VARIANT,
@@ -73,6 +73,8 @@ def test_pictures_show_one_run_per_config_with_its_label_and_seed_count():
     assert dict(zip(shown["label"], shown["seeds"])) == {"logit, lr 0.001": 2, "logit, lr 0.2": 1,
                                                          "softmax_strict, lr 0.001": 1}
     assert set(shown["run_id"]) == {"logit00.001", "logit00.2", "softmax_strict00.001"}
+    assert seeds_note(shown) == "Each config drawn from its lowest seed's run (1-2 seeds per config)."
+    assert seeds_note(shown[shown["seeds"] == 1]) == ""
 
 
 def test_labels_are_short_words_for_what_differs_between_the_runs_shown():
@@ -95,23 +97,42 @@ def test_labels_are_short_words_for_what_differs_between_the_runs_shown():
     assert short("params.dataset.fetch.timeout_s", "30") == "timeout_s 30"
 
 
-def test_identical_lines_stay_visible_and_say_so(tmp_path):
+def test_identical_lines_stay_visible_and_are_returned_for_the_note():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = np.arange(1, 6)
-    lines = {"softmax": (x, 1 / x), "logit": (x, 1 / x), "softmax_strict": (x, 2 / x)}
-    assert identical({k: v[1] for k, v in lines.items()}) == [["softmax", "logit"]]
+    lines = {("softmax", ""): (x, 1 / x), ("logit", ""): (x, 1 / x), ("softmax_strict", ""): (x, 2 / x)}
+    assert identical({k: v[1] for k, v in lines.items()}) == [[("softmax", ""), ("logit", "")]]
+    assert identical({"a": np.array([0.00038]), "b": np.array([0.00037999999999999997])}) == [["a", "b"]], \
+        "a mean summed in another order is the same mean"
+    styles = Styles([h for h, _ in lines], [""])
     fig, ax = plt.subplots()
-    assert draw_lines(ax, lines) == [["softmax", "logit"]]
-    drawn = {line.get_label(): line for line in ax.lines}
-    assert set(drawn) == {"softmax (= logit)", "logit (= softmax)", "softmax_strict"}
-    first, second = drawn["softmax (= logit)"], drawn["logit (= softmax)"]
-    assert (first.get_linestyle(), first.get_marker()) != (second.get_linestyle(), second.get_marker())
-    assert second.get_marker() not in (None, "None", "")  # a dashed line with markers over a solid one
+    same = draw_lines(ax, lines, styles)
+    assert same == [[("softmax", ""), ("logit", "")]]
+    first, second, third = ax.lines
+    assert first.get_linestyle() == "-" and second.get_linestyle() == "None", "the later twin: markers only"
+    assert second.get_marker() not in (None, "None", "") and second.get_fillstyle() == "none"
+    assert second.get_color() != first.get_color() and third.get_linestyle() == "-"
+    twins = Twins(styles)
+    twins.add("loss", lines, same)
+    assert twins.note() == ["logit = softmax"]
     plt.close(fig)
+
+
+def test_twins_are_said_once_with_where_they_hold_when_not_everywhere():
+    """Heads that coincide wherever both are drawn: once, without a place; heads that coincide in
+    some panels or line styles only: with those."""
+    styles = Styles(["logit", "softmax", "sigmoid"], ["fit", "GradientTape"])
+    twins = Twins(styles)
+    twins.add("loss", [(h, s) for h in ("logit", "softmax", "sigmoid") for s in ("fit", "GradientTape")],
+              [[("softmax", "fit"), ("logit", "fit"), ("sigmoid", "fit")],
+               [("softmax", "GradientTape"), ("logit", "GradientTape")]])
+    twins.add("val_loss", [(h, "fit") for h in ("logit", "softmax", "sigmoid")],
+              [[("softmax", "fit"), ("logit", "fit")]])
+    assert twins.note() == ["logit = softmax", "logit = sigmoid (loss, fit)", "sigmoid = softmax (loss, fit)"]
 
 
 def test_the_curves_picture_names_the_identical_curves(tmp_path):
