@@ -396,7 +396,8 @@ def plot_curves(runs: pd.DataFrame, history: History, out: Path) -> list[Path]:
         group = one_per_group(group)
         lines = list(zip(group["tags.head"].astype(str), short_labels(group, without=("tags.head",))))
         styles = Styles(*zip(*lines))
-        epochs = {line: history(run) for line, (_, run) in zip(lines, group.iterrows())}
+        in_order = sorted(zip(lines, group.iterrows()), key=lambda item: tuple(map(natural, item[0])))
+        epochs = {line: history(run) for line, (_, run) in in_order}  # drawn in the legends' order
         keys = [k for k in ("loss", "val_loss") if any(k in e for e in epochs.values())]
         plt, fig, axes = figure(1, len(keys), 4.6, 3.4)
         twins = Twins(styles)
