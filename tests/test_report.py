@@ -7,7 +7,7 @@ import pytest
 
 from logitlab.errors import UserError
 from helpers import ROOT
-from logitlab.report.plots import draw_lines, identical, plot_curves, point_colours
+from logitlab.report.plots import Styles, Twins, draw_lines, identical, plot_curves, point_colours, seeds_note
 from logitlab.report.table import (
     METRICS,
     VARIANT,
@@ -15,6 +15,8 @@ from logitlab.report.table import (
     one_per_group,
     pipeline_runs,
     pipeline_variants,
+    short,
+    short_labels,
     summarize,
     to_markdown,
 )
@@ -67,28 +69,70 @@ def test_runs_that_differ_in_any_config_value_stay_apart_in_the_table():
 def test_pictures_show_one_run_per_config_with_its_label_and_seed_count():
     runs = fake_runs(("logit", "0", 0.30, "0.2"))
     shown = one_per_group(runs.iloc[::-1])  # the lowest seed stands for its group, whatever the order
-    assert sorted(shown["label"]) == ["logit optimizer.lr=0.001 (seed 0 of 2)", "logit optimizer.lr=0.2",
-                                      "softmax_strict optimizer.lr=0.001"]
+    assert sorted(shown["label"]) == ["logit, lr 0.001", "logit, lr 0.2", "softmax_strict, lr 0.001"]
+    assert dict(zip(shown["label"], shown["seeds"])) == {"logit, lr 0.001": 2, "logit, lr 0.2": 1,
+                                                         "softmax_strict, lr 0.001": 1}
     assert set(shown["run_id"]) == {"logit00.001", "logit00.2", "softmax_strict00.001"}
+    assert seeds_note(shown) == "Each config drawn from its lowest seed's run (1-2 seeds per config)."
+    assert seeds_note(shown[shown["seeds"] == 1]) == ""
 
 
-def test_identical_lines_stay_visible_and_say_so(tmp_path):
+def test_labels_are_short_words_for_what_differs_between_the_runs_shown():
+    """Only what differs between the runs given, each value in its short words; a key with no short
+    name is its last dotted part; `without` leaves out what a picture shows otherwise."""
+    runs = fake_runs().assign(**{"params.model.layers": ["[784, 256]", "[25, 15]", "[25, 15]"],
+                                 "params.trainer.epochs": ["1", "10", "10"],
+                                 "params.trainer.validation_split": ["0.0", "0.1", "0.1"],
+                                 "params.trainer.steps_per_execution": ["32", "1", "32"],
+                                 "params.precision": ["mixed_float16", "float32", "float32"],
+                                 "tags.trainer": ["gradient_tape", "fit", "fit"]})
+    assert list(short_labels(runs)) == [
+        "logit, GradientTape, float16, 784-256, 1 epoch, no val, steps_per_execution 32",
+        "logit, fit, float32, 25-15, 10 epochs, val 0.1, steps_per_execution 1",
+        "softmax_strict, fit, float32, 25-15, 10 epochs, val 0.1, steps_per_execution 32"]
+    assert list(short_labels(runs.iloc[1:], without=("tags.head",))) == ["steps_per_execution 1",
+                                                                         "steps_per_execution 32"]
+    assert list(short_labels(runs.iloc[:1])) == [""]
+    assert short("params.optimizer.lr", 0.01) == "lr 0.01" and short("params.precision", "mixed_bfloat16") == "bfloat16"
+    assert short("params.dataset.fetch.timeout_s", "30") == "timeout_s 30"
+
+
+def test_identical_lines_stay_visible_and_are_returned_for_the_note():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = np.arange(1, 6)
-    lines = {"softmax": (x, 1 / x), "logit": (x, 1 / x), "softmax_strict": (x, 2 / x)}
-    assert identical({k: v[1] for k, v in lines.items()}) == [["softmax", "logit"]]
+    lines = {("softmax", ""): (x, 1 / x), ("logit", ""): (x, 1 / x), ("softmax_strict", ""): (x, 2 / x)}
+    assert identical({k: v[1] for k, v in lines.items()}) == [[("softmax", ""), ("logit", "")]]
+    assert identical({"a": np.array([0.00038]), "b": np.array([0.00037999999999999997])}) == [["a", "b"]], \
+        "a mean summed in another order is the same mean"
+    styles = Styles([h for h, _ in lines], [""])
     fig, ax = plt.subplots()
-    assert draw_lines(ax, lines) == [["softmax", "logit"]]
-    drawn = {line.get_label(): line for line in ax.lines}
-    assert set(drawn) == {"softmax (= logit)", "logit (= softmax)", "softmax_strict"}
-    first, second = drawn["softmax (= logit)"], drawn["logit (= softmax)"]
-    assert (first.get_linestyle(), first.get_marker()) != (second.get_linestyle(), second.get_marker())
-    assert second.get_marker() not in (None, "None", "")  # a dashed line with markers over a solid one
+    same = draw_lines(ax, lines, styles)
+    assert same == [[("softmax", ""), ("logit", "")]]
+    first, second, third = ax.lines
+    assert first.get_linestyle() == "-" and second.get_linestyle() == "None", "the later twin: markers only"
+    assert second.get_marker() not in (None, "None", "") and second.get_fillstyle() == "none"
+    assert second.get_color() != first.get_color() and third.get_linestyle() == "-"
+    twins = Twins(styles)
+    twins.add("loss", lines, same)
+    assert twins.note() == ["logit = softmax"]
     plt.close(fig)
+
+
+def test_twins_are_said_once_with_where_they_hold_when_not_everywhere():
+    """Heads that coincide wherever both are drawn: once, without a place; heads that coincide in
+    some panels or line styles only: with those."""
+    styles = Styles(["logit", "softmax", "sigmoid"], ["fit", "GradientTape"])
+    twins = Twins(styles)
+    twins.add("loss", [(h, s) for h in ("logit", "softmax", "sigmoid") for s in ("fit", "GradientTape")],
+              [[("softmax", "fit"), ("logit", "fit"), ("sigmoid", "fit")],
+               [("softmax", "GradientTape"), ("logit", "GradientTape")]])
+    twins.add("val_loss", [(h, "fit") for h in ("logit", "softmax", "sigmoid")],
+              [[("softmax", "fit"), ("logit", "fit")]])
+    assert twins.note() == ["logit = softmax", "logit = sigmoid (loss, fit)", "sigmoid = softmax (loss, fit)"]
 
 
 def test_the_curves_picture_names_the_identical_curves(tmp_path):
@@ -105,7 +149,7 @@ def test_the_curves_picture_names_the_identical_curves(tmp_path):
 
     [png] = plot_curves(runs, read, tmp_path)
     assert png.name == "curves_blobs_multiclass.png" and Image.open(png).size[0] > 500
-    assert sorted(seen) == ["logit (seed 0 of 2)", "softmax_strict"]
+    assert sorted(seen) == ["logit", "softmax_strict"]
 
 
 def test_binary_pictures_colour_the_configured_positive_class():

@@ -34,8 +34,8 @@ def test_only_runs_that_vary_in_learning_rate_make_a_study():
 
 
 def test_curves_are_means_over_seeds_with_a_95_percent_band():
-    table = curves(study_runs(fake_study()), "test_accuracy").set_index(["line", "lr"])
-    logit = table.loc[("logit float32", 0.01)]
+    table = curves(study_runs(fake_study()), "test_accuracy").set_index(["precision", "head", "line", "lr"])
+    logit = table.loc[("float32", "logit", "", 0.01)]
     assert logit["mean"] == pytest.approx(0.92) and logit["n"] == 5
     assert logit["ci95"] == pytest.approx(T_4DOF * np.std([0.9, 0.91, 0.92, 0.93, 0.94], ddof=1) / np.sqrt(5), rel=1e-4)
 
@@ -65,3 +65,28 @@ def test_the_study_picture_is_drawn_per_dataset_and_task(tmp_path):
 
     [png] = plot_study(fake_study(), tmp_path)
     assert png.name == "study_blobs_multiclass.png" and Image.open(png).size[1] > 500
+
+
+def test_any_sweep_over_the_learning_rate_gets_the_view_from_its_runs_table(tmp_path):
+    """A sweep's runs from MLflow (report.runs=experiment) that vary the learning rate and the model,
+    logged before `precision` existed: one float32 column, the heads as colours, the two models as
+    line styles named in short words."""
+    import matplotlib.pyplot as plt
+
+    runs = fake_study()
+    wider = runs.assign(**{"params.model.layers": "[784, 256]", "run_id": runs["run_id"] + "w",
+                           "metrics.test_accuracy": runs["metrics.test_accuracy"] - 0.1})
+    both = pd.concat([runs.assign(**{"params.model.layers": "[25, 15]"}), wider], ignore_index=True)
+    both = with_config(complete(both.drop(columns="params.precision")))
+    kept = []
+    close, plt.close = plt.close, kept.append
+    try:
+        [png] = plot_study(both, tmp_path)
+    finally:
+        plt.close = close
+    [fig] = kept
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["float32"]
+    heads, models = ([t.get_text() for t in legend.get_texts()] for legend in fig.legends)
+    assert heads == ["logit", "softmax", "softmax_strict"] and models == ["25-15", "784-256"]
+    assert len(fig.axes[0].lines) == 6
+    close(fig)

@@ -1,16 +1,17 @@
 """The study view: how each head fares across learning rates, with error bars over seeds, and where
 the logit head is measurably better or worse than another.
 
-Drawn wherever the runs of a dataset and task vary in `optimizer.lr` (experiment=numerics_study
-does, over heads, precisions and seeds):
-- `plots/study_<dataset>_<task>.png`: test accuracy, the honest (float64) test loss, the fraction of
-  test examples at the clip ceiling and the training loss's mean error against float64, against the
-  learning rate; one line per head and precision, the mean over seeds with its 95% confidence band.
+Drawn wherever the runs of a dataset and task vary in `optimizer.lr`, whatever the sweep
+(experiment=numerics_study does, over heads, precisions and seeds):
+- `plots/study_<dataset>_<task>.png`: the registry's study metrics (names(study=True): test
+  accuracy, the honest float64 test loss, the fraction at the clip ceiling, the training loss's
+  error against float64) against the learning rate, one row each; one column per precision; the
+  heads as colours, each the mean over seeds with its 95% confidence band.
 - `study.md` / `study.csv`: logit − other head, paired by seed (same data, same initial weights),
   per dataset, precision and learning rate: the mean difference, its 95% interval, and whether the
   interval excludes zero.
 Runs that differ in anything else (model size, epochs, ...) are kept apart, by their config label
-without the learning rate."""
+without the learning rate (in the picture: line styles, named in short words)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,19 @@ from pathlib import Path
 import pandas as pd
 
 from logitlab.evaluate.registry import REGISTRY, names
-from logitlab.report.plots import draw_lines, figure, save_figure
-from logitlab.report.table import interval
+from logitlab.report.plots import (
+    IDENTICAL,
+    TEXT_SIZE,
+    TITLE_SIZE,
+    Styles,
+    Twins,
+    draw_lines,
+    figure,
+    save_figure,
+    wrap,
+)
+from logitlab.report.table import interval, short_labels
+from logitlab.schema import Precision
 
 LR = "params.optimizer.lr"
 BASE_HEAD = "logit"
@@ -28,6 +40,7 @@ BASE_HEAD = "logit"
 # study metrics (logitlab.evaluate.registry), and those whose logit − other head difference is tabled
 STUDY_METRICS = {name: (REGISTRY[name].label, REGISTRY[name].fraction) for name in names(study=True)}
 DIFF_METRICS = tuple(names(compare=True))
+SHOWN = ("tags.head", "params.precision", LR)  # what the study view shows as colours, columns and x axis
 
 
 def study_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -42,56 +55,88 @@ def study_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[varies & runs["lr"].notna()]
 
 
-def _line(run: pd.Series) -> str:
-    parts = [run["tags.head"], run["params.precision"], None if run["tags.trainer"] == "fit" else run["tags.trainer"],
-             run["rest"] or None]
-    return " ".join(str(p) for p in parts if p)
-
-
 def curves(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per line (head, precision, ...) and learning rate: the metric's mean, its 95% half-width, n."""
-    frame = runs.assign(line=[_line(r) for _, r in runs.iterrows()], value=runs[f"metrics.{metric}"])
-    grouped = frame.groupby(["line", "lr"])["value"]
+    """Per precision, head, line (what else sets runs apart: short words, learning rate aside) and
+    learning rate: the metric's mean, its 95% half-width, n."""
+    frame = runs.assign(line=short_labels(runs, without=SHOWN),
+                        value=runs[f"metrics.{metric}"])
+    frame = frame.rename(columns={"params.precision": "precision", "tags.head": "head"})
+    grouped = frame.groupby(["precision", "head", "line", "lr"])["value"]
     out = grouped.agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
     out["ci95"] = interval(out["std"], out["n"])
     return out
 
 
+def _precisions(values: pd.Series) -> list[str]:
+    """The precisions, in the schema's order (float32 first: where Keras rescues the softmax head)."""
+    order = [str(p) for p in Precision]
+    return sorted(values.unique(), key=lambda p: (order.index(p) if p in order else len(order), p))
+
+
 def plot_study(runs: pd.DataFrame, out: Path) -> list[Path]:
+    """Per dataset and task whose runs vary in the learning rate: one column per precision, one row
+    per study metric, the heads as colours with each one's mean over seeds and its 95% band, and
+    whatever else sets runs apart (model, trainer, ...) as line styles. A row shares its y axis, so
+    the columns read side by side: where the softmax head stops tracking the logit head."""
     written = []
     for (dataset, task), group in study_runs(runs).groupby(["tags.dataset", "tags.task"], sort=True):
-        plt, fig, axes = figure(2, 2, 5.6, 4.0)
-        for ax, (metric, (label, fraction)) in zip(axes.flat, STUDY_METRICS.items()):
-            if f"metrics.{metric}" not in group or group[f"metrics.{metric}"].isna().all():
-                ax.set_axis_off()
-                continue
-            table = curves(group, metric)
-            lines = {name: (t["lr"].to_numpy(), t["mean"].to_numpy()) for name, t in table.groupby("line", sort=True)}
-            draw_lines(ax, lines)  # a line identical to others says so in the legend
-            log_y = not fraction and (table["mean"] > 0).all()
-            low, high = table["mean"].min(), table["mean"].max()
-            for line_obj, (_, t) in zip(ax.lines, table.groupby("line", sort=True)):
-                half = t["ci95"].fillna(0)
-                bottom, top = t["mean"] - half, t["mean"] + half
-                if fraction:
-                    bottom, top = bottom.clip(0, 1), top.clip(0, 1)
-                elif log_y:
-                    bottom = bottom.clip(lower=low / 10)
-                ax.fill_between(t["lr"], bottom, top, color=line_obj.get_color(), alpha=0.12, linewidth=0)
-            ax.set_xscale("log")
-            if log_y:
-                ax.set_yscale("log")
-                ax.set_ylim(low / 2, high * 2)  # the means set the scale; a band may run off it
-            elif fraction:
-                ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.05) + 0.01)
+        metrics = [m for m in STUDY_METRICS if f"metrics.{m}" in group and group[f"metrics.{m}"].notna().any()]
+        if not metrics:
+            continue
+        precisions = _precisions(group["params.precision"])
+        styles = Styles(group["tags.head"], short_labels(group, without=SHOWN))
+        plt, fig, axes = figure(len(metrics), len(precisions), 3.0, 2.3, sharex=True, sharey="row")
+        twins = {precision: Twins(styles) for precision in precisions}
+        for row, metric in zip(axes, metrics):
+            _study_row(fig, row, curves(group, metric), precisions, *STUDY_METRICS[metric], styles, twins)
+        for ax, precision in zip(axes[0], precisions):
+            ax.set_title(precision, fontsize=TITLE_SIZE)
+        for ax in axes[-1]:
             ax.set_xlabel("learning rate")
-            ax.set_ylabel(label)
         seeds = group.groupby(["tags.head", "params.precision", "lr", "rest"])["seed"].nunique()
         count = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
-        fig.suptitle(f"{dataset} {task}: mean over {count} seeds per point with its 95% confidence band; "
-                     "(= ...) marks identical lines", fontsize=9)
-        written.append(save_figure(plt, fig, out / f"study_{dataset}_{task}.png"))
+        title = (f"{dataset} {task}: where the logit head matters (each head's mean over {count} seeds and its 95% "
+                 "confidence band)")
+        written.append(save_figure(plt, fig, out / f"study_{dataset}_{task}.png", title, styles.keys(),
+                                   _twins_note(twins)))
     return written
+
+
+def _study_row(fig, row, table: pd.DataFrame, precisions: list[str], label: str, fraction: bool, styles: Styles,
+               twins: dict[str, Twins]) -> None:
+    """One metric across the precisions: a line and its band per head and line style; the scale set
+    by the means of the whole row (a band may run off it)."""
+    log_y = not fraction and (table["mean"] > 0).all()
+    low, high = table["mean"].min(), table["mean"].max()
+    for ax, precision in zip(row, precisions):
+        shown = table[table["precision"] == precision]
+        lines = {key: (t["lr"].to_numpy(), t["mean"].to_numpy()) for key, t in shown.groupby(["head", "line"])}
+        twins[precision].add(label, lines, draw_lines(ax, lines, styles, points=True))
+        for key, t in shown.groupby(["head", "line"]):
+            half = t["ci95"].fillna(0)
+            bottom, top = t["mean"] - half, t["mean"] + half
+            if fraction:
+                bottom, top = bottom.clip(0, 1), top.clip(0, 1)
+            elif log_y:
+                bottom = bottom.clip(lower=low / 10)
+            ax.fill_between(t["lr"], bottom, top, color=styles.line(*key)["color"], alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+            ax.set_ylim(low / 2, high * 2)
+        elif fraction:
+            ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.05) + 0.01)
+    row[0].set_ylabel(wrap(fig, label, 2.0, TEXT_SIZE + 1), fontsize=TEXT_SIZE + 1)
+
+
+def _twins_note(twins: dict[str, Twins]) -> str:
+    """The identical lines once per precision ("float32: softmax = logit"), precisions with the same
+    identities said together."""
+    said: dict[str, list[str]] = {}
+    for precision, found in twins.items():
+        if note := "; ".join(found.note()):
+            said.setdefault(note, []).append(precision)
+    return IDENTICAL + "; ".join(f"{', '.join(where)}: {note}" for note, where in said.items()) + "." if said else ""
 
 
 def differences(runs: pd.DataFrame, base: str = BASE_HEAD) -> pd.DataFrame:

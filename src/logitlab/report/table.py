@@ -6,6 +6,8 @@ shape: MLflow's `search_runs` columns (tags.*, params.*, metrics.*)."""
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +82,16 @@ def experiment_runs(experiment: str) -> pd.DataFrame:
     return with_config(runs.reset_index(drop=True))  # a value that only a replaced run had sets nothing apart
 
 
+def _config_columns(runs: pd.DataFrame) -> list[str]:
+    return [c for c in runs.columns if c.startswith("params.") and not c.startswith(NOT_CONFIG)]
+
+
 def config_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run, the config values that differ between it and other runs of its dataset and task, as
     `key=value` pairs (learning rate, model, trainer settings, ...; VARIANT's columns, the seed and
     bookkeeping aside); empty where every run of its dataset and task agrees. A key a run lacks
     (logged before the key existed) shows as nan."""
-    columns = [c for c in runs.columns if c.startswith("params.") and not c.startswith(NOT_CONFIG)]
+    columns = _config_columns(runs)
     labels = pd.Series("", index=runs.index, dtype=object)
     for _, group in runs.groupby(["tags.dataset", "tags.task"], dropna=False, sort=False):
         values = group[columns].astype(str)
@@ -101,25 +107,57 @@ def with_config(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def run_label(run: pd.Series) -> str:
-    """A run's group in a legend or title: its head, then whatever else sets it apart."""
-    parts = [run["tags.head"], None if run["tags.trainer"] == "fit" else run["tags.trainer"],
-             None if run["params.precision"] == "float32" else run["params.precision"], run.get(CONFIG) or None]
-    return " ".join(str(p) for p in parts if p)
+# How a value reads in a picture: a short name put before it, or a function of it. A config key not
+# here reads as its last dotted part and its value (`steps_per_execution 32`).
+SHORT: dict[str, str | Callable[[str], str]] = {
+    "tags.head": str,
+    "tags.trainer": lambda v: {"fit": "fit", "gradient_tape": "GradientTape"}.get(v, v),
+    "params.precision": lambda v: v.removeprefix("mixed_"),  # mixed_float16: float16
+    "params.optimizer.lr": "lr",
+    "params.optimizer.name": str,
+    "params.model.name": str,
+    "params.model.layers": lambda v: "-".join(re.findall(r"\d+", v)) or v,  # [784, 256]: 784-256
+    "params.model.activation": str,
+    "params.trainer.epochs": lambda v: f"{v} epoch{'' if v == '1' else 's'}",
+    "params.trainer.validation_split": lambda v: "no val" if v in ("0", "0.0") else f"val {v}",
+    "params.trainer.batch_size": "batch",
+    "params.dataset.batch_size": "batch",
+    "params.experiment": str,
+}
+
+
+def short(column: str, value: Any) -> str:
+    """A column's value in short words: `lr 0.01`, `784-256`, `1 epoch`, `float16`."""
+    value = str(value)
+    name = SHORT.get(column, column.removeprefix("params.").rsplit(".", 1)[-1])
+    return name(value) if callable(name) else f"{name} {value}"
+
+
+def short_labels(runs: pd.DataFrame, without: tuple[str, ...] = ()) -> pd.Series:
+    """Per run, what sets it apart from the other runs given, in short words (`softmax, lr 0.01,
+    GradientTape`): each of its head, trainer, precision and config values that differs between them;
+    empty where they all agree. `without`: columns a picture shows otherwise (the heads as colours,
+    the precisions as panels). The runs are the ones a picture shows, so a label names only what
+    tells its line or panel from the others there."""
+    columns = [c for c in ("tags.head", "tags.trainer", "params.precision", *_config_columns(runs)) if c not in without]
+    values = runs[columns].astype(str)
+    varying = [c for c in columns if values[c].nunique() > 1]
+    labels = [", ".join(short(c, v) for c, v in zip(varying, row)) for row in values[varying].itertuples(index=False)]
+    return pd.Series(labels, index=runs.index, dtype=object)
 
 
 def one_per_group(runs: pd.DataFrame) -> pd.DataFrame:
-    """One run per variant and config, the lowest seed's, with `label` (run_label plus that seed and the
-    group's seed count): a picture never shows two configs under one name, nor hides that seeds exist."""
+    """One run per variant and config, the lowest seed's, with `label` (its short label among the runs
+    given, or its head where nothing else sets it apart) and `seeds` (how many runs its group has): a
+    picture never shows two configs under one name, nor hides that seeds exist."""
     keys = [*VARIANT, CONFIG]
     runs = _prepared(runs)
     runs = runs.assign(_seed=pd.to_numeric(runs["params.seed"], errors="coerce"))
     counts = runs.groupby(keys, dropna=False, sort=False)["run_id"].transform("size")
-    runs = runs.assign(_seeds=counts).sort_values("_seed", kind="stable")
-    first = runs.drop_duplicates(keys).sort_index()
-    labels = [run_label(r) + (f" (seed {r['params.seed']} of {r['_seeds']})" if r["_seeds"] > 1 else "")
-              for _, r in first.iterrows()]
-    return first.drop(columns=["_seed", "_seeds"]).assign(label=labels)
+    runs = runs.assign(seeds=counts).sort_values("_seed", kind="stable")
+    first = runs.drop_duplicates(keys).sort_index().drop(columns="_seed")
+    labels = short_labels(first)
+    return first.assign(label=labels.where(labels != "", first["tags.head"].astype(str)))
 
 
 def _prepared(runs: pd.DataFrame) -> pd.DataFrame:
