@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import ROOT
+
 from logitlab.report.study import curves, differences, differences_markdown, plot_study, study_runs
 from logitlab.report.table import complete, with_config
 
@@ -90,3 +92,22 @@ def test_any_sweep_over_the_learning_rate_gets_the_view_from_its_runs_table(tmp_
     assert heads == ["logit", "softmax", "softmax_strict"] and models == ["25-15", "784-256"]
     assert len(fig.axes[0].lines) == 6
     close(fig)
+
+
+def test_the_study_view_redraws_from_the_committed_summary_alone(tmp_path):
+    """docs/study/summary.csv (each config's mean and 95% half-width) is enough for the study view:
+    one picture per dataset, the bands the summary's own."""
+    import pandas as pd
+
+    from logitlab.report.study import STUDY_METRICS, plot_study, study_from_summary, study_runs, summary_curves
+
+    summary = pd.read_csv(ROOT / "docs" / "study" / "summary.csv")
+    rows = study_from_summary(summary)
+    written = plot_study(rows, tmp_path, summarized=True)
+    assert sorted(p.name for p in written) == ["study_blobs_multiclass.png", "study_mnist_multiclass.png"]
+    metric = next(m for m in STUDY_METRICS if m in summary)
+    table = summary_curves(study_runs(rows[rows["tags.dataset"] == "mnist"]), metric)
+    one = summary[(summary["dataset"] == "mnist") & (summary["head"] == "logit") & (summary["precision"] == "float32")
+                  & (summary["config"] == "optimizer.lr=0.1")]
+    got = table[(table["head"] == "logit") & (table["precision"] == "float32") & (table["lr"] == 0.1)]
+    assert got["mean"].tolist() == one[metric].tolist() and got["ci95"].tolist() == one[f"{metric}_ci95"].tolist()

@@ -73,11 +73,39 @@ def _precisions(values: pd.Series) -> list[str]:
     return sorted(values.unique(), key=lambda p: (order.index(p) if p in order else len(order), p))
 
 
-def plot_study(runs: pd.DataFrame, out: Path) -> list[Path]:
+def summary_curves(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """`curves` of a summary's rows (study_from_summary): each row's mean and 95% half-width as the
+    summary has them."""
+    frame = runs.assign(line=short_labels(runs, without=SHOWN), mean=runs[f"metrics.{metric}"],
+                        ci95=runs.get(f"{metric}_ci95"), n=runs["runs"])
+    frame = frame.rename(columns={"params.precision": "precision", "tags.head": "head"})
+    return frame[["precision", "head", "line", "lr", "mean", "ci95", "n"]].sort_values(["precision", "head", "line", "lr"])
+
+
+def study_from_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """A report's summary.csv (report.table.summarize: one row per variant and config, each metric's
+    mean over the seeds, its std and 95% half-width) as the rows the study view draws, so that a
+    study's committed summary redraws its figure without its runs (`make docs-images`)."""
+    config = summary["config"].fillna("").astype(str)
+    params = pd.DataFrame([dict(part.split("=", 1) for part in c.split() if "=" in part) for c in config],
+                          index=summary.index).add_prefix("params.")
+    rows = pd.DataFrame({"tags.dataset": summary["dataset"], "tags.task": summary["task"], "tags.head": summary["head"],
+                         "tags.trainer": summary["trainer"], "params.precision": summary["precision"],
+                         "params.seed": 0, "config": config, "runs": summary["runs"]}).join(params)
+    for metric in STUDY_METRICS:
+        if metric in summary:
+            rows[f"metrics.{metric}"] = summary[metric]
+            rows[f"{metric}_ci95"] = summary[f"{metric}_ci95"]
+    return rows
+
+
+def plot_study(runs: pd.DataFrame, out: Path, summarized: bool = False) -> list[Path]:
     """Per dataset and task whose runs vary in the learning rate: one column per precision, one row
     per study metric, the heads as colours with each one's mean over seeds and its 95% band, and
     whatever else sets runs apart (model, trainer, ...) as line styles. A row shares its y axis, so
-    the columns read side by side: where the softmax head stops tracking the logit head."""
+    the columns read side by side: where the softmax head stops tracking the logit head.
+    `summarized`: the rows are a summary's (study_from_summary), each a config's mean already."""
+    tabulate = summary_curves if summarized else curves
     written = []
     for (dataset, task), group in study_runs(runs).groupby(["tags.dataset", "tags.task"], sort=True):
         metrics = [m for m in STUDY_METRICS if f"metrics.{m}" in group and group[f"metrics.{m}"].notna().any()]
@@ -88,12 +116,13 @@ def plot_study(runs: pd.DataFrame, out: Path) -> list[Path]:
         plt, fig, axes = figure(len(metrics), len(precisions), 3.0, 2.3, sharex=True, sharey="row")
         twins = {precision: Twins(styles) for precision in precisions}
         for row, metric in zip(axes, metrics):
-            _study_row(fig, row, curves(group, metric), precisions, *STUDY_METRICS[metric], styles, twins)
+            _study_row(fig, row, tabulate(group, metric), precisions, *STUDY_METRICS[metric], styles, twins)
         for ax, precision in zip(axes[0], precisions):
             ax.set_title(precision, fontsize=TITLE_SIZE)
         for ax in axes[-1]:
             ax.set_xlabel("learning rate")
-        seeds = group.groupby(["tags.head", "params.precision", "lr", "rest"])["seed"].nunique()
+        seeds = (group["runs"] if summarized else
+                 group.groupby(["tags.head", "params.precision", "lr", "rest"])["seed"].nunique())
         count = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
         title = (f"{dataset} {task}: where the logit head matters (each head's mean over {count} seeds and its 95% "
                  "confidence band)")
