@@ -59,8 +59,12 @@ params: $(STAMP)  ## regenerate params.yaml from conf/ (a test fails while they 
 plots-page:  ## rebuild vega/plots_page.html, dvc plots' offline page, from vega/package-lock.json (needs npm)
 	$(PYTHON) vega/build.py
 
-ui: $(STAMP)  ## MLflow UI on the project's store, loopback only
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
+# The project's SQLite store and where it keeps artifacts (logitlab.tracking.store), named outright:
+# plain `mlflow ui` opens ./mlflow.db of its working directory (creating an empty one elsewhere) and
+# $MLFLOW_BACKEND_STORE_URI before it, which a team's server set-up may have exported.
+ui: $(STAMP)  ## MLflow UI on the project's store (mlflow.db, mlartifacts/ here), loopback only; PORT=5000
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $(or $(PORT),5000) --backend-store-uri 'sqlite:///$(CURDIR)/mlflow.db' \
+	    --default-artifact-root 'file://$(CURDIR)/mlartifacts' --artifacts-destination '$(CURDIR)/mlartifacts'
 
 server: $(STAMP)  ## MLflow tracking server, loopback only; BACKEND=postgresql://... ARTIFACTS=dir|s3://... PORT=5000
 	$(BIN)/python -m logitlab server --port $(or $(PORT),5000) \

@@ -204,6 +204,30 @@ def test_damaged_outputs_fail_the_report_in_one_line_and_keep_the_last_report(tm
     assert after == before, "the last report is left as it was"
 
 
+@pytest.mark.parametrize("store", ["none", "another experiment"])
+def test_a_report_with_nothing_to_report_creates_nothing(tmp_path, store):
+    """`report.runs=experiment` with no training run to read: one line, exit 2, and no store file,
+    experiment or report made for it (Hydra's own record of the job aside)."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    if store == "another experiment":
+        mlflow.MlflowClient(f"sqlite:///{db}").create_experiment("other")
+    before = leftovers(tmp_path)
+    proc = subprocess.run(app("report", "report.runs=experiment", f"tracking.uri='sqlite:///{db}'",
+                              f"report.out_dir={tmp_path / 'report'}", f"hydra.run.dir={tmp_path / 'job'}"),
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "logitlab report: error: no finished training runs in MLflow experiment 'logitlab'")
+    assert "Traceback" not in proc.stderr
+    made = [f for f in leftovers(tmp_path) if f not in before and not f.startswith("job/")]
+    assert not made, "no store file, lock file or report"
+    if store != "none":
+        names = [e.name for e in mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()]
+        assert sorted(names) == ["Default", "other"], "no experiment created"
+
+
 @pytest.mark.parametrize("bad, problem", [
     ({"x_train": np.zeros((10, 28, 27), np.uint8)}, "x_train must be uint8 of shape (N, 28, 28), got uint8 (10, 28, 27)"),
     ({"x_test": np.zeros((5, 28, 28), np.float64)}, "x_test must be uint8 of shape (N, 28, 28), got float64 (5, 28, 28)"),

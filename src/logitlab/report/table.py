@@ -68,14 +68,16 @@ def pipeline_runs(cfg: Config, root: Path) -> pd.DataFrame:
     return with_config(complete(pd.DataFrame(rows)))
 
 
-def experiment_runs(experiment: str) -> pd.DataFrame:
+def experiment_runs(experiment: str, experiment_id: str | None) -> pd.DataFrame:
     """Every finished training run of the MLflow experiment, one row each; a variant and seed that
-    ran twice keeps its latest run."""
+    ran twice keeps its latest run. `experiment_id` None: the store has no such experiment (the
+    same error, without asking the store)."""
     import mlflow
 
-    runs = store_call("read the experiment's runs", mlflow.search_runs, experiment_names=[experiment],
-                      filter_string="attributes.status = 'FINISHED'", output_format="pandas")
-    if runs.empty or "tags.logitlab.variant" not in runs:
+    runs = None if experiment_id is None else store_call(
+        "read the experiment's runs", mlflow.search_runs, experiment_ids=[experiment_id],
+        filter_string="attributes.status = 'FINISHED'", output_format="pandas")
+    if runs is None or runs.empty or "tags.logitlab.variant" not in runs:
         raise UserError(f"no finished training runs in MLflow experiment {experiment!r}")
     runs = with_config(complete(runs[runs["tags.logitlab.variant"].notna()].copy()))
     runs = runs.sort_values("start_time").drop_duplicates([*VARIANT, CONFIG, "params.seed"], keep="last")

@@ -117,9 +117,11 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
     out_dir = under_root(root, cfg.report.out_dir) if cfg.report.out_dir is not None else job.dir
     pipeline = cfg.report.runs == ReportRuns.pipeline
     runs = pipeline_runs(cfg, root) if pipeline else None  # the pipeline's files first: no store needed to fail
-    open_store(cfg.tracking, root, "the report stage")
+    # Runs read from the store: a store or experiment that is not there yet is not made, only to fail
+    # with "no finished training runs" (the report's own run creates them once there is something to report).
+    experiment_id = open_store(cfg.tracking, root, "the report stage", create=pipeline)
     if runs is None:
-        runs = experiment_runs(cfg.tracking.experiment)
+        runs = experiment_runs(cfg.tracking.experiment, experiment_id)
     table = summarize(runs)
 
     plots = out_dir / "plots"

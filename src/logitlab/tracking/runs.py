@@ -29,11 +29,13 @@ log = logging.getLogger(__name__)
 TAG_EPOCH = "logitlab.failed_epoch"
 
 
-def open_store(tracking: Any, root: Path, found_by: str) -> str:
+def open_store(tracking: Any, root: Path, found_by: str, create: bool = True) -> str | None:
     """What every stage that talks to the store does first: point MLflow at it (a clear error within
-    seconds if it does not answer) and mark KILLED the runs that dead processes left RUNNING."""
-    experiment_id = setup(tracking, root)
-    reap_stale(experiment_id, found_by)
+    seconds if it does not answer) and mark KILLED the runs that dead processes left RUNNING. With
+    `create=False`, a store or experiment that does not exist stays so: None (store.setup)."""
+    experiment_id = setup(tracking, root, create)
+    if experiment_id is not None:
+        reap_stale(experiment_id, found_by)
     return experiment_id
 
 

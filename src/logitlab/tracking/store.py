@@ -112,9 +112,12 @@ def store_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     raise AssertionError("unreachable")
 
 
-def setup(tracking: Any, root: Path) -> str:
+def setup(tracking: Any, root: Path, create: bool = True) -> str | None:
     """Point MLflow at the project's store and experiment; returns the experiment id. The store is
-    asked once per process (and again when another store or experiment was set up meanwhile)."""
+    asked once per process (and again when another store or experiment was set up meanwhile).
+
+    With `create=False` (a command that only reads), a store or experiment that does not exist yet is
+    not made: None, and no SQLite file (nor its lock file) is created, since asking would create it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -134,11 +137,15 @@ def setup(tracking: Any, root: Path) -> str:
     name = tracking.experiment
     if _active.get("experiment") == (uri, name):  # a later job of a sweep, or the report after training in one process
         return _active["experiment_id"]
-    with _first_use_lock(uri):
+    db = sqlite_path(uri)
+    if not create and db is not None and not db.is_file():
+        return None
+    with _first_use_lock(uri) if create else contextlib.nullcontext():
         experiment = store_call("open experiment " + repr(name), mlflow.get_experiment_by_name, name)
+        if experiment is None and not create:
+            return None
         if experiment is None:
             # A SQLite store keeps its artifacts beside the DB file; a server decides for itself.
-            db = sqlite_path(uri)
             location = (db.parent / ARTIFACTS_DIR).resolve().as_uri() if db is not None else None
             try:
                 mlflow.create_experiment(name, artifact_location=location,
