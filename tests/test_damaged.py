@@ -85,6 +85,7 @@ def test_store_calls_stop_at_once_on_a_damaged_store_and_wait_out_a_locked_one(r
     assert sqlite_damage(busy.value) is None, "a locked store is busy, not damaged"
 
 
+@pytest.mark.slow  # a real app or server in a subprocess
 @pytest.mark.parametrize("command, how", [("train", "truncated"), ("report", "garbage"), ("serve", "truncated"),
                                           ("serve", "garbage")])
 def test_a_damaged_tracking_store_is_one_line_naming_it(tmp_path, blobs, real_store, command, how):
@@ -118,6 +119,7 @@ def optuna_study(db):
     study.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1e-1, log=True), n_trials=20)
 
 
+@pytest.mark.slow  # a real app or server in a subprocess
 @pytest.mark.parametrize("how", ["garbage", "a page"])
 def test_a_damaged_optuna_storage_stops_the_sweep_in_one_line_before_its_run_starts(tmp_path, blobs, how):
     sweep_dir = tmp_path / "sweep"
@@ -137,6 +139,7 @@ def test_a_damaged_optuna_storage_stops_the_sweep_in_one_line_before_its_run_sta
     assert not (tmp_path / "mlflow.db").exists(), "no sweep run was started, no job ran"
 
 
+@pytest.mark.slow  # a real app or server in a subprocess
 def test_a_damaged_checkpoint_is_one_warning_and_the_job_trains_from_epoch_1(tmp_path, blobs):
     """A requeued job whose checkpoint is damaged still gets somewhere: the checkpoint only saves time,
     so the job says so in one line and trains afresh, in a run of its own, rather than fail every requeue."""

@@ -156,6 +156,7 @@ def assert_dvc_locks_released(project: Path) -> None:
     assert not rwlock.get("write") and not any(rwlock.get("read", {}).values()), f"DVC's locks still held: {rwlock}"
 
 
+@pytest.mark.slow  # a real app or server in a subprocess
 def test_dvc_project_two_workers_give_the_serial_lock_and_rerun_nothing(tmp_path):
     env = subprocess_env()
     serial, parallel = toy_project(tmp_path / "serial", TOY), toy_project(tmp_path / "parallel", TOY)
@@ -170,6 +171,7 @@ def test_dvc_project_two_workers_give_the_serial_lock_and_rerun_nothing(tmp_path
     assert not any(word in first.stdout + first.stderr for word in LOCK_ERRORS)
 
 
+@pytest.mark.slow  # a real app or server in a subprocess
 def test_dvc_project_a_planted_failure_stops_the_other_worker(tmp_path):
     stages = {"slow": {"cmd": "echo started > started.txt && sleep 60 && echo > slow.txt", "outs": ["slow.txt"]},
               "broken": {"cmd": "sleep 2 && python -c \"import sys; sys.exit('planted failure')\""},

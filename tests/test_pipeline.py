@@ -204,6 +204,7 @@ def test_damaged_outputs_fail_the_report_in_one_line_and_keep_the_last_report(tm
     assert after == before, "the last report is left as it was"
 
 
+@pytest.mark.slow  # a real app or server in a subprocess
 @pytest.mark.parametrize("store", ["none", "another experiment"])
 def test_a_report_with_nothing_to_report_creates_nothing(tmp_path, store):
     """`report.runs=experiment` with no training run to read: one line, exit 2, and no store file,

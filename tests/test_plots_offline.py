@@ -111,6 +111,7 @@ def plots_in(page: Path, tmp: Path) -> dict[str, dict]:
     return parser.found
 
 
+@pytest.mark.slow  # a real app or server in a subprocess
 def test_dvc_plots_show_renders_offline(tmp_path):
     ensure_debian(["chromium"], [CHROMIUM])
     if shutil.which("unshare") is None:

@@ -172,6 +172,7 @@ def test_serve_refuses_an_unknown_alias_in_one_line_before_starting_a_server(sto
     assert proc.stdout == "", "nothing was served"
 
 
+@pytest.mark.slow  # a real app or server in a subprocess
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "no weights"])
 def test_a_damaged_model_is_one_line_naming_it_and_the_stage_that_remakes_it(store, x, tmp_path, damage):
     """The logged model.keras behind a registry alias is damaged: loading it (registry.load) and serving
