@@ -50,6 +50,15 @@ def _keras_loss(y: np.ndarray, values: np.ndarray, task: str, from_logits: bool)
     return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
+def probability_masks(probs: np.ndarray, task: str) -> dict[str, np.ndarray]:
+    """Which probabilities the head put out are exactly 0, exactly 1, and in Keras's clip band, each
+    counted once: a binary head's one p per example (its complement is no output of the model), a
+    multi-class head's one per class; compared in the loss's float32."""
+    p = probs.reshape(-1) if task == "binary" else probs
+    low, high = np.float32(EPSILON), np.float32(1 - EPSILON)
+    return {"exact0": p == 0, "exact1": p == 1, "clip_band": (p < low) | (p > high)}
+
+
 def clipped_true_class(probs: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
     """Where Keras's clip is active on the true class's probability: the probability path's loss sits at
     its ceiling there (-log 1e-7 = 16.118; for a binary label 0, -log(1 - float32(1 - 1e-7)) = 15.94)
@@ -146,11 +155,8 @@ def numerics(
         metrics[f"loss_err_{name}_max"] = float(error.max())
     tags["numerics.train_loss_path"] = training_path(model, x[:1], task, head)
 
-    # Every probability the head put out, each counted once: a binary head's one p per example (its
-    # complement is no output of the model), a multi-class head's one per class.
     p = probs.reshape(-1) if task == "binary" else probs
-    low, high = np.float32(EPSILON), np.float32(1 - EPSILON)   # Keras's clip, in the loss's float32
-    for name, mask in (("exact0", p == 0), ("exact1", p == 1), ("clip_band", (p < low) | (p > high))):
+    for name, mask in probability_masks(probs, task).items():
         metrics[f"prob_{name}_count"] = float(mask.sum())
         metrics[f"prob_{name}_fraction"] = float(mask.sum() / p.size)
     if task == "multiclass":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from logitlab.evaluate.numerics import CLIP_CEILING, EPSILON
+from logitlab.evaluate.numerics import CLIP_CEILING, EPSILON, clipped_true_class, probability_masks
 from logitlab.files import atomic_path
 
 FIGURE_FILE = "outputs.png"
@@ -43,13 +43,16 @@ def true_class_loss(probs: np.ndarray, labels: np.ndarray, task: str) -> np.ndar
 
 
 def band_counts(probs: np.ndarray, labels: np.ndarray, task: str) -> dict[str, int]:
-    """What the picture counts: probabilities exactly 0, exactly 1, in Keras's clip band (each of a
-    binary head's p once), and test examples whose loss from p is at or past the ceiling."""
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    loss = true_class_loss(probs, labels, task)
-    return {"exact0": int((p == 0).sum()), "exact1": int((p == 1).sum()),
-            "clip_band": int(((p < EPSILON) | (p > 1 - EPSILON)).sum()), "probabilities": int(p.size),
-            "at_ceiling": int((loss >= CLIP_CEILING * (1 - 1e-6)).sum()), "examples": int(len(loss))}
+    """What the picture counts, as the run's numerics count it (logitlab.evaluate.numerics):
+    probabilities exactly 0, exactly 1, in Keras's clip band (each of a binary head's p once), and
+    test examples whose true class's probability is clipped, so that their loss from p sits at the
+    ceiling."""
+    probs = np.asarray(probs)
+    masks = probability_masks(probs, task)
+    at_ceiling = clipped_true_class(probs, np.asarray(labels).reshape(-1).astype(np.int64), task)
+    return {"exact0": int(masks["exact0"].sum()), "exact1": int(masks["exact1"].sum()),
+            "clip_band": int(masks["clip_band"].sum()), "probabilities": int(masks["exact0"].size),
+            "at_ceiling": int(at_ceiling.sum()), "examples": int(len(at_ceiling))}
 
 
 def _decade(value: float, _: int) -> str:

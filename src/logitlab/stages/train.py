@@ -197,17 +197,15 @@ def decide(cfg: Config, root: Path, job: Job) -> Plan | float:
         saved = None
     if saved:
         tags[RESUMED_TAG] = str(len(saved[0].history))
-    plan = Plan(cfg, root, job, head, dataset.drawing(), processed, data, key,
-                run_name=f"{cfg.variant}-{job.num}" if job.multirun else cfg.variant, tags=tags, parent=parent,
-                params={k: redact_text(v) for k, v in run_params(cfg).items()},  # no password of a URI
-                sets=(None, None), checkpoint=checkpoint, saved=saved)
     # The training and evaluation sets as MLflow datasets, digested by the processed file's DVC hash.
     trained_on = str(cfg.trainer.train_on)  # train | all
     evaluated_on = trained_on if cfg.evaluate.split == EvaluateOn.train else "test"
-    x_eval, y_eval = eval_set(plan)
     y = task_labels(data["y_train"], cfg.task, cfg.ds.binary.positive_class)
-    plan.sets = datasets(cfg.dataset, processed, data["x_train"], y, x_eval, y_eval, (trained_on, evaluated_on))
-    return plan
+    sets = datasets(cfg.dataset, processed, data["x_train"], y, *eval_set(cfg, data), (trained_on, evaluated_on))
+    return Plan(cfg, root, job, head, dataset.drawing(), processed, data, key,
+                run_name=f"{cfg.variant}-{job.num}" if job.multirun else cfg.variant, tags=tags, parent=parent,
+                params={k: redact_text(v) for k, v in run_params(cfg).items()},  # no password of a URI
+                sets=sets, checkpoint=checkpoint, saved=saved)
 
 
 def fit(plan: Plan, model: Any, x: Any, y: Any, run: Any, run_log: RunLog) -> tuple[list[dict[str, float]], list[StepLog]]:
@@ -243,7 +241,7 @@ def record(plan: Plan, model: Any, history: list[dict[str, float]], steps: list[
     """Evaluate the trained model, write the variant's files (DVC's outputs), and send the same to the
     run: the logged model with its test metrics, the predictions and printouts, and the registry."""
     cfg, head = plan.cfg, plan.head
-    x_eval, y_eval = eval_set(plan)
+    x_eval, y_eval = eval_set(cfg, plan.data)
     result = evaluate(model, x_eval, y_eval, str(cfg.task), head, cfg.evaluate.batch_size, cfg.evaluate.n_examples)
     files = Files.of(cfg, plan.root, plan.job.dir)
     predictions = {"variant": cfg.variant, "stage": cfg.stage, **identity(cfg), "tags": result.tags,
@@ -273,10 +271,9 @@ def record(plan: Plan, model: Any, history: list[dict[str, float]], steps: list[
     return result
 
 
-def eval_set(plan: Plan) -> tuple[Any, Any]:
+def eval_set(cfg: Config, data: dict[str, Any]) -> tuple[Any, Any]:
     """The examples evaluated on, and their labels for the task."""
-    cfg = plan.cfg
-    return plan.data["x_eval"], task_labels(plan.data["y_eval"], cfg.task, cfg.ds.binary.positive_class)
+    return data["x_eval"], task_labels(data["y_eval"], cfg.task, cfg.ds.binary.positive_class)
 
 
 def trainer_for(cfg: Config, head: Head, steps: list[StepLog]) -> Any:
