@@ -53,7 +53,7 @@ bench-pipeline: $(STAMP)  ## dvc repro from nothing against 8fc7770's and agains
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py --only pipeline
 
-params: $(STAMP)  ## regenerate params.yaml from conf/ (a test fails while they disagree)
+params: $(STAMP)  ## regenerate params.yaml from conf/ and dvc.yaml's history plots from params.yaml (a test fails while they disagree)
 	$(BIN)/python -m logitlab params
 
 plots-page:  ## rebuild vega/plots_page.html, dvc plots' offline page, from vega/package-lock.json (needs npm)

@@ -17,6 +17,8 @@ ranges overlap, the row says "no difference", whatever its ratio.
   model's own matmul shapes (forward and backward, batch 64) in a tight graph loop, the attainable
   roofline.
 - Tracking: a train job with its MLflow run against the same job without it; logging the model.
+- Pictures: a run's outputs.png as a sweep's jobs draw it, on the figure the process keeps against
+  a new figure each run, at MNIST's and blobs' test sizes.
 - Sweep and load: 100 blobs jobs in one process (Hydra's basic launcher), wall clock with process
   start and exit against the sum of the jobs' training times, and where the rest goes; then, from
   the same sweep, each job's time (its run, opened to closed, and the wait before the next) around
@@ -84,6 +86,7 @@ PIPELINE_BASELINE = "8fc7770"
 PIPELINE_TARGET = 2.0       # the baseline's repro from nothing over ours
 NOOP_REPRO_TARGET_S = 5.0
 PARALLEL_JOBS = 2           # make repro JOBS=2 against JOBS=1 (issue #23)
+RUN_FIGURE_TARGET_S = 0.1   # a run's picture after the sweep's first (issue #24)
 PARALLEL_TARGET = 0.6       # JOBS=2's repro from nothing over JOBS=1's, at most
 
 
@@ -196,7 +199,7 @@ def model_shapes_peak() -> float:
     """The roofline of the 784-256 model at batch 64, before the trials (they time it again beside the trainers)."""
     from logitlab.model.build import build_model
 
-    run, flops = roofline(build_model(784, 10, BIG_MODEL, "logit"), 64)
+    run, flops = roofline(build_model(784, 10, BIG_MODEL, logit_head()), 64)
     return _best_rate(lambda: run(100), 100.0 * flops)
 
 
@@ -210,6 +213,13 @@ def compose(overrides: list[str]):
 
 
 @functools.cache
+def logit_head():
+    """The configured `logit` head (logitlab.model.heads.Head)."""
+    from logitlab.model.heads import head_of
+
+    return head_of(compose(["model.head=logit"]))
+
+
 def processed(dataset: str):
     from logitlab.data.preprocess import load_processed
 
@@ -441,7 +451,7 @@ def model_logging(mnist_run_s: float) -> dict[str, Any]:
     with mlflow.start_run(run_name="bench-model-logging"):
         for _ in range(MODEL_LOGGING_TRIALS + 1):  # the first call imports MLflow's model code: a warm-up
             start = time.perf_counter()
-            log_model(model, name="bench", task="multiclass", head="logit", n_classes=10, example=data["x_test"],
+            log_model(model, name="bench", task="multiclass", head=logit_head(), n_classes=10, example=data["x_test"],
                       tags={}, step=0)
             times.append(time.perf_counter() - start)
     row = compare("tracking overhead: logging the MNIST 25-15 model, against its tracked run", times[1:], None,
@@ -449,6 +459,41 @@ def model_logging(mnist_run_s: float) -> dict[str, Any]:
     row["overhead_fraction"] = row["logitlab_s"] / mnist_run_s
     row["met"] = row["overhead_fraction"] <= MODEL_LOGGING_TARGET
     return row
+
+
+def pictures(trials: int) -> list[dict[str, Any]]:
+    """A run's own picture (outputs.png) as a sweep's jobs draw it, one after another in one process:
+    on the figure the process keeps, against a new figure each time (how it was drawn before, and
+    what plotting code usually does), on MNIST's and blobs' test sizes (10 epochs of curves).
+    Logits drawn from a normal distribution stand in for a model's: the cost is the figure's."""
+    import numpy as np
+
+    from logitlab.report import run_figure
+
+    rows = []
+    for name, n, k in (("mnist test set, 10000 x 10", 10_000, 10), ("blobs test set, 400 x 4", 400, 4)):
+        rng = np.random.default_rng(0)
+        outputs = rng.normal(0, 20, size=(n, k)).astype(np.float32)
+        e = np.exp(outputs - outputs.max(1, keepdims=True))
+        probs, labels = (e / e.sum(1, keepdims=True)).astype(np.float32), rng.integers(0, k, n)
+        history = [{"loss": 1 / (i + 1), "val_loss": 1.2 / (i + 1)} for i in range(10)]
+        with tempfile.TemporaryDirectory(prefix="logitlab-bench-pictures-") as tmp:
+            def draw(new_figure: bool) -> float:
+                if new_figure:
+                    run_figure._FIGURES.clear()
+                start = time.perf_counter()
+                run_figure.draw_run_figure(Path(tmp) / "outputs.png", outputs, probs, labels, "multiclass", True,
+                                           "bench (fit, float32, seed 0)", history)
+                return time.perf_counter() - start
+
+            draw(False)  # matplotlib imported and its fonts found: a sweep's first picture pays that once
+            samples = interleaved({"kept": functools.partial(draw, False), "new": functools.partial(draw, True)},
+                                  trials * 4)
+        row = compare(f"pictures: a run's outputs.png after the first, {name}, against a new figure each run",
+                      samples["kept"], samples["new"], target=f"<= {RUN_FIGURE_TARGET_S} s")
+        row["met"] = row["logitlab_s"] <= RUN_FIGURE_TARGET_S
+        rows.append(row)
+    return rows
 
 
 def sweep(store: Path) -> list[dict[str, Any]]:
@@ -706,8 +751,8 @@ def details(rows: list[dict[str, Any]], peaks: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-PARTS = ["training", "tracking", "sweep", "pipeline"]
-DEFAULT_PARTS = ["training", "tracking", "sweep"]  # make bench; `--only pipeline` is make bench-pipeline
+PARTS = ["training", "tracking", "pictures", "sweep", "pipeline"]
+DEFAULT_PARTS = ["training", "tracking", "pictures", "sweep"]  # make bench; `--only pipeline` is make bench-pipeline
 
 
 def cpu_model() -> str:
@@ -778,6 +823,8 @@ def main() -> int:
                 new = training(peaks, args.trials)
             elif part == "tracking":
                 new = tracking_overhead(work, args.trials)
+            elif part == "pictures":
+                new = pictures(args.trials)
             elif part == "sweep":
                 new = sweep(work)
             else:

@@ -52,7 +52,7 @@ def test_rerunning_some_parts_keeps_the_others_rows(bench, tmp_path):
     first = bench.merged(out, bench.PARTS, [{"part": p, "name": p} for p in bench.PARTS], {"date": "1"})
     out.write_text(json.dumps(first))
     again = bench.merged(out, ["pipeline"], [{"part": "pipeline", "name": "pipeline, against base"}], {"date": "2"})
-    assert [r["name"] for r in again["results"]] == ["training", "tracking", "sweep", "pipeline, against base"]
+    assert [r["name"] for r in again["results"]] == ["training", "tracking", "pictures", "sweep", "pipeline, against base"]
     assert again["runs"]["training"] == {"date": "1"} and again["runs"]["pipeline"] == {"date": "2"}
     out.write_text("{not json")
     assert bench.merged(out, ["sweep"], [{"part": "sweep", "name": "s"}], {})["results"] == [{"part": "sweep", "name": "s"}]
@@ -107,3 +107,12 @@ def test_the_tracking_rows_time_a_tracked_train_job_against_the_same_job_untrack
     [row] = bench.tracking_overhead(tmp_path / "work", trials=1)
     assert row["trials"] == 1 and row["logitlab_s"] > 0 and row["baseline_s"] > 0
     assert row["overhead_fraction"] == pytest.approx(row["logitlab_s"] / row["baseline_s"] - 1)
+
+
+def test_the_pictures_part_times_both_figures_at_both_sizes(bench):
+    rows = bench.pictures(trials=1)
+    assert [r["trials"] for r in rows] == [4, 4]
+    assert "mnist" in rows[0]["name"] and "blobs" in rows[1]["name"]
+    for row in rows:
+        assert 0 < row["logitlab_min_s"] <= row["logitlab_s"] <= row["logitlab_max_s"] and row["baseline_s"] > 0
+        assert row["met"] == (row["logitlab_s"] <= bench.RUN_FIGURE_TARGET_S)

@@ -249,3 +249,30 @@ def test_dvc_lock_holds_only_the_stages_dvc_yaml_defines():
     locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
     assert defined, "dvc.yaml defines no stage"
     assert locked <= defined, f"dvc.lock names stages dvc.yaml does not define: {sorted(locked - defined)}"
+
+
+def test_dvc_lock_records_the_code_as_committed(tmp_path):
+    """The lock's hash of every code and params dependency is what a clean checkout hashes to: a
+    lock recorded from a working tree with stray files (an untracked module, a leftover copy) would
+    make a fresh clone's `make repro` rerun every stage."""
+    import json
+    import subprocess
+
+    from helpers import PYTHON, copy_project, subprocess_env
+
+    project = copy_project(tmp_path / "project")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    proc = subprocess.run([str(Path(PYTHON).parent / "dvc"), "status", "--json"], cwd=project, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stale = {}
+    for stage, changes in json.loads(proc.stdout or "{}").items():
+        for change in changes:
+            if not isinstance(change, dict):
+                continue
+            deps = {path: what for path, what in change.get("changed deps", {}).items()
+                    if what == "modified" and not path.startswith("data/")}
+            params = change.get("changed params", {})
+            if deps or params:
+                stale[stage] = {**deps, **params}
+    assert not stale, f"dvc.lock disagrees with the committed code; run `make repro` and commit its lock: {stale}"

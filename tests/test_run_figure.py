@@ -34,3 +34,32 @@ def test_the_figure_draws_for_every_task_and_a_one_epoch_history(tmp_path, task,
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert [p.name for p in tmp_path.iterdir()] == ["outputs.png"], "written atomically, nothing else left"
+
+
+def test_a_figure_drawn_after_other_runs_is_the_figure_a_new_process_draws(tmp_path, monkeypatch):
+    """A process keeps its figure for the next run's picture (making the axes is most of the cost);
+    nothing of one run may show in the next: limits, scales, colours, legends, counts."""
+    import logitlab.report.run_figure as run_figure
+
+    rng = np.random.default_rng(1)
+
+    def picture(name, k, task, epochs, spread):
+        outputs = rng.normal(0, spread, size=(300, k)).astype(np.float32)
+        if task == "binary":
+            probs = 1 / (1 + np.exp(-outputs.astype(np.float64)))
+        else:
+            e = np.exp(outputs - outputs.max(1, keepdims=True))
+            probs = e / e.sum(1, keepdims=True)
+        history = [{"loss": 2.0 / (e + 1), "val_loss": 2.5 / (e + 1)} for e in range(epochs)]
+        labels = rng.integers(0, max(k, 2), 300)
+        return lambda: draw_run_figure(tmp_path / f"{name}.png", outputs, probs.astype(np.float32), labels, task,
+                                       True, name, history).read_bytes()
+
+    first = picture("first", 10, "multiclass", 10, 3.0)
+    monkeypatch.setattr(run_figure, "_FIGURES", {})          # as in a new process
+    alone = first()
+    for other in (picture("other", 4, "multiclass", 10, 60.0), picture("binary", 1, "binary", 3, 0.5),
+                  picture("tape", 10, "multiclass", 1, 30.0)):
+        other()
+    assert first() == alone, "the same run's picture, after three others in this process"
+    assert len(run_figure._FIGURES) == 2, "a figure per panel count (with and without the loss curves)"

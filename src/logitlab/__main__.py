@@ -14,6 +14,7 @@ LOOPBACK = "127.0.0.1"
 
 def _params(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from logitlab.schema import PARAMS_FILE, params_drift, write_params
+    from logitlab.stages.plots import DVC_FILE, plots_drift, write_plots
 
     root = args.root.resolve()
     if not (root / "conf" / "config.yaml").is_file():
@@ -23,9 +24,13 @@ def _params(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if drift:
             print(f"{PARAMS_FILE} disagrees with conf/ at: {', '.join(drift)}; run `make params`", file=sys.stderr)
             return 1
-        print(f"{PARAMS_FILE} agrees with conf/")
+        if plots_drift(root):
+            print(f"{DVC_FILE}'s plots disagree with {PARAMS_FILE}'s pipeline; run `make params`", file=sys.stderr)
+            return 1
+        print(f"{PARAMS_FILE} agrees with conf/, and {DVC_FILE}'s plots with {PARAMS_FILE}")
         return 0
     print(f"wrote {write_params(root)}")
+    print(f"wrote {write_plots(root)} (its plots: the variants' histories)")
     return 0
 
 
@@ -100,9 +105,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m logitlab")
     sub = parser.add_subparsers(dest="command", required=True)
-    params = sub.add_parser("params", help="write params.yaml, the composition of conf/ that DVC tracks")
+    params = sub.add_parser("params", help="write params.yaml, the composition of conf/ that DVC tracks, and dvc.yaml's plots of its variants")
     params.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: .)")
-    params.add_argument("--check", action="store_true", help="only check that params.yaml agrees with conf/")
+    params.add_argument("--check", action="store_true", help="only check that params.yaml agrees with conf/ and dvc.yaml's plots with params.yaml")
     server = sub.add_parser("server", help="an MLflow tracking server with proxied artifacts (team set-up)")
     server.add_argument("--root", type=Path, default=Path.cwd(), help="project root, for the defaults (default: .)")
     server.add_argument("--host", default=LOOPBACK, help=f"interface to bind (default: {LOOPBACK}, this machine only)")
@@ -121,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=5001)
     args = parser.parse_args(argv)
     commands = {"params": _params, "server": _server, "serve": _serve}
-    return commands[args.command](parser, args)
+    from logitlab.errors import UserError
+
+    try:
+        return commands[args.command](parser, args)
+    except UserError as exc:
+        print(f"logitlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

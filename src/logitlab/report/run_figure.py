@@ -9,14 +9,18 @@ outputs sit against Keras's clip band and the loss ceiling, with the count of te
   16.118) that a loss computed from clipped probabilities cannot pass;
 - the loss per epoch, when there is more than one.
 
-Drawn by the train stage after evaluation, with matplotlib's object API (no pyplot state, one small
-figure): a few tens of milliseconds a run once matplotlib is imported.
+Drawn by the train stage after evaluation, with matplotlib's object API (no pyplot state). A process
+keeps its figure for its next run's picture, with the axes emptied, and draws few ticks and fixed
+label positions: under 0.1 s a picture after the first here (a new figure cost 0.16 s, most of it
+making axes and ticks); `python benchmarks/bench.py --only run_figure` measures it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,31 +70,58 @@ def _log_bins(low: float, high: float, n: int = 48) -> np.ndarray:
 def draw_run_figure(path: Path, outputs: np.ndarray, probs: np.ndarray, labels: np.ndarray, task: str,
                     from_logits: bool, title: str, history: Sequence[dict[str, float]] = ()) -> Path:
     """The run's picture, written atomically to `path`."""
-    from matplotlib.figure import Figure
-
     curves = len(history) > 1
-    fig = Figure(figsize=(4.0 * (3 + curves), 3.3))
-    axes = fig.subplots(1, 3 + curves)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.2, top=0.84, wspace=0.28)  # a fixed layout: no solver
-    fig.suptitle(title, fontsize=10)
-    counts = band_counts(probs, labels, task)
-    _raw_outputs(axes[0], outputs, from_logits)
-    _probabilities(axes[1], probs, counts)
-    _losses(axes[2], true_class_loss(probs, labels, task), counts)
-    if curves:
-        _curves(axes[3], history)
-    for ax in axes:
-        _plain_log_ticks(ax)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
+    with _FIGURES_LOCK:
+        fig, axes = _blank_figure(3 + curves)
+        fig.suptitle(title, fontsize=10)
+        counts = band_counts(probs, labels, task)
+        _raw_outputs(axes[0], outputs, from_logits)
+        _probabilities(axes[1], probs, counts)
+        _losses(axes[2], true_class_loss(probs, labels, task), counts)
+        if curves:
+            _curves(axes[3], history)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
     return path
+
+
+# One figure per panel count, kept for the process's next run: making a figure's axes and their
+# ticks is most of a fresh figure's cost (~0.16 s of a run's picture here), and a sweep draws one
+# picture per job in one process. Each draw empties the axes of the last run's artists first.
+_FIGURES: dict[int, tuple[Any, list[Any]]] = {}
+_FIGURES_LOCK = threading.Lock()
+_SCALES = (("linear", "log"), ("log", "log"), ("log", "log"), ("linear", "log"))  # x, y: the panels in order
+
+
+def _blank_figure(panels: int) -> tuple[Any, list[Any]]:
+    if panels not in _FIGURES:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.0 * panels, 3.3))
+        axes = list(fig.subplots(1, panels))
+        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.2, top=0.84, wspace=0.28)  # a fixed layout: no solver
+        for ax, (x, y) in zip(axes, _SCALES):
+            ax.set_xscale(x)
+            ax.set_yscale(y)
+            _plain_log_ticks(ax)
+            ax.xaxis.set_label_coords(0.5, -0.14)   # fixed: no measuring the tick labels at each draw
+            ax.yaxis.set_label_coords(-0.15, 0.5)
+        _FIGURES[panels] = fig, axes
+    fig, axes = _FIGURES[panels]
+    for ax in axes:
+        for artist in [*ax.lines, *ax.patches, *ax.collections]:
+            artist.remove()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        ax.set_prop_cycle(None)     # colours from the start of the cycle, as on new axes
+        ax.relim()                  # no data left: the next artists set the limits, as on new axes
+    return fig, axes
 
 
 def _raw_outputs(ax, outputs: np.ndarray, from_logits: bool) -> None:
     raw = np.asarray(outputs, dtype=np.float64).reshape(-1)
     ax.stairs(*np.histogram(raw[np.isfinite(raw)], bins=48), fill=True, color="#4c72b0")
-    ax.set_yscale("log")
-    ax.set_title("raw outputs (" + ("logits" if from_logits else "probabilities") + ")", fontsize=9)
+    _title(ax, "raw outputs (" + ("logits" if from_logits else "probabilities") + ")")
     ax.set_xlabel("value")
     ax.set_ylabel("count")
 
@@ -104,10 +135,8 @@ def _probabilities(ax, probs: np.ndarray, counts: dict[str, int]) -> None:
     bins = _log_bins(low, 0.5)
     for values, colour, label in ((near0, "#4c72b0", "p ≤ ½: p"), (near1, "#dd8452", "p > ½: 1 − p")):
         ax.stairs(np.histogram(values, bins=bins)[0], bins, color=colour, label=label, linewidth=1.5)
-    ax.set_xscale("log")
     ax.set_xlim(low, 0.5)
-    ax.set_yscale("log")
-    ax.set_title("probabilities: distance from 0 and 1", fontsize=9)
+    _title(ax, "probabilities: distance from 0 and 1")
     ax.set_xlabel(f"exactly 0: {counts['exact0']}   exactly 1: {counts['exact1']}   "
                   f"in the clip band: {counts['clip_band']} of {counts['probabilities']}", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
@@ -119,32 +148,39 @@ def _losses(ax, loss: np.ndarray, counts: dict[str, int]) -> None:
     bins = _log_bins(max(finite.min(initial=1e-12) / 2, 1e-300), max(finite.max(initial=1.0), 40))
     ax.stairs(np.histogram(finite, bins=bins)[0], bins, fill=True, color="#55a868")
     ax.axvline(CLIP_CEILING, color="#c44e52", linestyle="--", label=f"ceiling {CLIP_CEILING:.3f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_title("loss per test example, from p", fontsize=9)
+    _title(ax, "loss per test example, from p")
     ax.set_xlabel(f"−log p(true class); at or past the ceiling: {counts['at_ceiling']} of {counts['examples']}",
                   fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
 
 
 def _curves(ax, history: Sequence[dict[str, float]]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     epochs = np.arange(1, len(history) + 1)
     for key, style in (("loss", "-"), ("val_loss", "--")):
         if all(key in h for h in history):
             ax.plot(epochs, [h[key] for h in history], style, marker="o", markersize=3, label=key)
-    ax.set_yscale("log")
-    ax.set_title("loss per epoch", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # whole epochs
+    _title(ax, "loss per epoch")
     ax.set_xlabel("epoch")
     ax.legend(fontsize=7)
 
 
+def _title(ax, text: str) -> None:
+    ax.set_title(text, fontsize=9, y=1.0)  # y given: matplotlib skips placing the title at each draw
+
+
 def _plain_log_ticks(ax) -> None:
-    """A few decades on a log axis, plain labels (no mathtext), no minor ticks: a fast draw."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    """A few ticks: decades on a log axis with plain labels (no mathtext), no minor ticks; a tick
+    label is most of a draw's cost."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     ax.tick_params(labelsize=7)
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log":
-            axis.set_major_locator(LogLocator(numticks=6))
+            axis.set_major_locator(LogLocator(numticks=4))
             axis.set_major_formatter(FuncFormatter(_decade))
             axis.set_minor_locator(NullLocator())
+        else:
+            axis.set_major_locator(MaxNLocator(nbins=5))
