@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
-docs-images: $(STAMP)  ## a maintainer's command: the README's images under docs/images/ from a finished make repro (rewrites them)
+docs-images: $(STAMP)  ## a maintainer's command: the README's images under docs/images/, and its registry facts (docs/registry.json, cog), from a finished make repro
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,docs]'
 	$(BIN)/python docs/make_images.py
+	$(BIN)/python docs/readme_facts.py
 
 lock: $(STAMP)  ## resolve pyproject.toml's ranges anew (newest allowed) into requirements.lock, the versions make installs
 	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,docs]'
@@ -70,5 +71,5 @@ server: $(STAMP)  ## MLflow tracking server, loopback only; BACKEND=postgresql:/
 	$(BIN)/python -m logitlab server --port $(or $(PORT),5000) \
 	    $(if $(BACKEND),--backend-store-uri '$(BACKEND)') $(if $(ARTIFACTS),--artifacts-destination '$(ARTIFACTS)')
 
-serve: $(STAMP)  ## a registered model behind MLflow's scoring server, loopback only; MODEL=models:/logitlab-mnist@champion PORT=5001
-	$(BIN)/python -m logitlab serve '$(or $(MODEL),models:/logitlab-mnist@champion)' --port $(or $(PORT),5001)
+serve: $(STAMP)  ## a registered model behind MLflow's scoring server, loopback only; MODEL=models:/logitlab-mnist-25-15-relu@champion PORT=5001
+	$(BIN)/python -m logitlab serve '$(or $(MODEL),models:/logitlab-mnist-25-15-relu@champion)' --port $(or $(PORT),5001)

@@ -94,7 +94,7 @@ def test_a_damaged_tracking_store_is_one_line_naming_it(tmp_path, blobs, real_st
     damage(db, how)
     uri = f"sqlite:///{db}"
     if command == "serve":
-        cmd = [PYTHON, "-m", "logitlab", "serve", "models:/logitlab-blobs@champion", "--tracking-uri", uri]
+        cmd = [PYTHON, "-m", "logitlab", "serve", "models:/logitlab-blobs-25-15-relu@champion", "--tracking-uri", uri]
     else:
         extra = ["trainer.epochs=1"] if command == "train" else ["report.runs=experiment",
                                                                  f"report.out_dir={tmp_path / 'report'}"]

@@ -158,10 +158,11 @@ def test_the_readme_extension_runs_through_the_pipeline(tmp_path):
         mine = [r for r in runs if r.data.tags["logitlab.variant"] == variant]
         assert [r.info.status for r in mine] == ["FINISHED"], (variant, [r.info.status for r in mine])
     aliases = {name: set(client.get_registered_model(name).aliases)
-               for name in ("logitlab-digits", "logitlab-digits-binary", "logitlab-blobs")}
-    assert aliases["logitlab-digits"] == {"logit", "log_softmax", "champion"}
-    assert aliases["logitlab-digits-binary"] == {"logit", "champion"}
-    assert "log_softmax" in aliases["logitlab-blobs"]
+               for name in ("logitlab-digits-25-15-relu", "logitlab-digits-binary-25-15-relu",
+                            "logitlab-blobs-25-15-relu")}
+    assert aliases["logitlab-digits-25-15-relu"] == {"logit", "log_softmax", "champion"}
+    assert aliases["logitlab-digits-binary-25-15-relu"] == {"logit", "champion"}
+    assert "log_softmax" in aliases["logitlab-blobs-25-15-relu"]
 
     summary = (project / "report" / "summary.csv").read_text()
     rows = [line.split(",") for line in summary.splitlines()]

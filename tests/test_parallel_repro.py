@@ -255,7 +255,8 @@ def test_aliases_crowned_at_once_by_several_processes_end_as_in_series(tmp_path,
 
     def register(name):
         metrics = {"test_loss": losses[name], "test_accuracy": 0.5, "test_loss_f64": losses[name]}
-        registry.register(f"m-{name}", "run", dataset="blobs", task="multiclass", head=Head(name, from_logits=True),
+        registry.register(f"m-{name}", "run", dataset="blobs", task="multiclass", layers=[25, 15], activation="relu",
+                          head=Head(name, from_logits=True),
                           trainer="fit", variant=f"blobs-{name}", metrics=metrics)
 
     threads = [threading.Thread(target=register, args=(h,)) for h in losses]
@@ -370,9 +371,11 @@ def test_two_workers_give_what_a_serial_run_gives(pipelines):
         assert metrics["test_loss"] == r.data.metrics["test_loss"]
     assert aliases(parallel) == aliases(serial)
     assert {name: set(a) for name, a in aliases(parallel).items()} == {
-        "logitlab-mnist": {"softmax", "logit", "champion"},
-        "logitlab-blobs": {"softmax", "logit", "logit_gradient_tape", "champion"},
-        "logitlab-mnist-binary": {"logit", "champion"}, "logitlab-blobs-binary": {"logit", "champion"}}
+        "logitlab-mnist-25-15-relu": {"softmax", "logit", "champion"},
+        "logitlab-blobs-25-15-relu": {"softmax", "logit", "champion"},
+        "logitlab-blobs-784-256-relu": {"logit_gradient_tape", "champion"},  # the notebook's network
+        "logitlab-mnist-binary-25-15-relu": {"logit", "champion"},
+        "logitlab-blobs-binary-25-15-relu": {"logit", "champion"}}
 
     again, _ = repro(parallel, 2)
     assert again.stdout == "Data and pipelines are up to date.\n", "a second make repro runs nothing"

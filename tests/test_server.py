@@ -101,15 +101,15 @@ def test_sweep_logs_to_a_tracking_server_and_leaks_no_secret(server, tmp_path):
     models = client.search_logged_models(experiment_ids=[experiment["experiment_id"]])
     assert sorted(m.name for m in models) == ["blobs-logit", "blobs-softmax"]
     assert all({"test_loss", "test_accuracy"} <= {m.key for m in model.metrics} for model in models)
-    assert sorted(m.name for m in client.search_registered_models()) == ["logitlab-blobs"]
-    registered = client.get_registered_model("logitlab-blobs")
+    assert sorted(m.name for m in client.search_registered_models()) == ["logitlab-blobs-25-15-relu"]
+    registered = client.get_registered_model("logitlab-blobs-25-15-relu")
     assert set(registered.aliases) == {"softmax", "logit", "champion"}
     by_id = {m.model_id: m for m in models}
-    champion = client.get_model_version("logitlab-blobs", registered.aliases["champion"])
+    champion = client.get_model_version("logitlab-blobs-25-15-relu", registered.aliases["champion"])
     assert champion.tags["logitlab.variant"] in {"blobs-logit", "blobs-softmax"}
     mlflow.set_tracking_uri(server["url"])
     try:
-        served = mlflow.pyfunc.load_model("models:/logitlab-blobs@champion").predict(
+        served = mlflow.pyfunc.load_model("models:/logitlab-blobs-25-15-relu@champion").predict(
             np.array([[-5.0, 2.0], [5.0, -2.0]], dtype=np.float32))
         model_files = []
         for model_id in by_id:

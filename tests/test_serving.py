@@ -82,6 +82,20 @@ def test_every_head_serves_probabilities_and_the_class_and_keeps_its_raw_outputs
     np.testing.assert_allclose(np.asarray(keras_again(x, training=False)), raw, rtol=1e-6)
 
 
+@pytest.mark.parametrize("task, name", [(t, n) for t, n in ALL_HEADS if head(n).detached])
+def test_a_detached_head_loads_in_a_new_process_that_imported_nothing_of_logitlab(store, x, tmp_path, task, name):
+    """A strict head's Keras model holds logitlab's DetachLogits layer: MLflow's loader must register it
+    (a process that loads the model first, as `mlflow models serve` and a user's script do)."""
+    _, info, _ = logged(task, name, x)
+    np.save(tmp_path / "x.npy", x)
+    script = ("import sys, mlflow, numpy as np; mlflow.set_tracking_uri(sys.argv[1]); "
+              "print(mlflow.pyfunc.load_model(sys.argv[2]).predict(np.load(sys.argv[3])).shape)")
+    proc = subprocess.run([PYTHON, "-c", script, store, info.model_uri, str(tmp_path / "x.npy")], capture_output=True,
+                          text=True, timeout=300, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str((len(x), (2 if task == "binary" else 5) + 1))
+
+
 def test_a_logit_head_serves_where_a_naive_softmax_overflows(store, x):
     import mlflow
 
@@ -109,47 +123,53 @@ def test_the_logged_model_has_a_signature_an_example_and_pinned_requirements(sto
     assert mlflow.get_logged_model(info.model_id).source_run_id == run_id
 
 
-def register(x, name: str, loss: float, task: str = "multiclass", trainer: str = "fit"):
+def register(x, name: str, loss: float, task: str = "multiclass", trainer: str = "fit", layers=(16,)):
     from logitlab.serving.registry import register
 
     _, info, run_id = logged(task, name, x)
     metrics = {"test_loss": loss, "test_accuracy": 0.9, "test_loss_f64": loss}
-    return register(info.model_id, run_id, dataset="toy", task=task, head=head(name), trainer=trainer,
-                    variant=f"toy-{name}", metrics=metrics)
+    return register(info.model_id, run_id, dataset="toy", task=task, layers=layers, activation="relu",
+                    head=head(name), trainer=trainer, variant=f"toy-{name}", metrics=metrics)
 
 
 @pytest.fixture(scope="module")
 def toy_registry(store, x):
-    """Six versions registered one after another, as six train jobs would; what each registration said."""
+    """Seven versions registered one after another, as seven train jobs would; what each registration said."""
     return [register(x, "softmax", 0.30), register(x, "logit", 0.30), register(x, "sigmoid", 0.50),
             register(x, "logit", 0.40, trainer="gradient_tape"), register(x, "softmax", 0.10),
-            register(x, "logit", 0.2, task="binary")]
+            register(x, "logit", 0.2, task="binary"), register(x, "logit", 0.05, trainer="gradient_tape", layers=(64, 32))]
 
 
 def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, toy_registry):
     import mlflow
 
     client = mlflow.MlflowClient()
-    first, tie, sigmoid, tape, better, binary = toy_registry
-    assert (first.name, first.version, first.alias, first.champion) == ("logitlab-toy", "1", "softmax", "softmax")
+    first, tie, sigmoid, tape, better, binary, bigger = toy_registry
+    assert (first.name, first.version, first.alias, first.champion) == ("logitlab-toy-16-relu", "1", "softmax",
+                                                                        "softmax")
     assert tie.champion == "logit", "a tie goes to the head that outputs logits"
     assert sigmoid.champion == "logit"
     assert tape.alias == "logit_gradient_tape" and tape.champion == "logit"
     assert (better.version, better.champion) == ("5", "softmax"), "the head's alias moves to its latest version"
-    aliases = {k: str(v) for k, v in client.get_registered_model("logitlab-toy").aliases.items()}
+    aliases = {k: str(v) for k, v in client.get_registered_model("logitlab-toy-16-relu").aliases.items()}
     assert aliases == {"softmax": "5", "logit": "2", "sigmoid": "3", "logit_gradient_tape": "4", "champion": "5"}
-    assert binary.name == "logitlab-toy-binary"
-    version = client.get_model_version("logitlab-toy", "5")
+    assert binary.name == "logitlab-toy-binary-16-relu"
+    version = client.get_model_version("logitlab-toy-16-relu", "5")
     assert version.tags["logitlab.variant"] == "toy-softmax" and float(version.tags["logitlab.test_loss_f64"]) == 0.1
+    # another network is another registered model: its lower loss crowns only its own versions
+    assert (bigger.name, bigger.version, bigger.champion) == ("logitlab-toy-64-32-relu", "1", "logit_gradient_tape")
+    assert client.get_registered_model("logitlab-toy-16-relu").aliases["champion"] == 5
 
 
 @pytest.mark.parametrize("uri, message", [
     ("models:/logitlab-nope@champion", "no registered model 'logitlab-nope' in the tracking store {store}; registered: "
-                                       "logitlab-toy, logitlab-toy-binary"),
-    ("models:/logitlab-toy@best", "registered model 'logitlab-toy' has no alias 'best'; valid: champion, logit, "
-                                  "logit_gradient_tape, sigmoid, softmax"),
-    ("models:/logitlab-toy/99", "registered model 'logitlab-toy' has no version '99'; valid: 1, 2, 3, 4, 5"),
-    ("models:/logitlab-toy", "model 'models:/logitlab-toy' names no version; use models:/logitlab-toy@ALIAS"),
+                                       "logitlab-toy-16-relu, logitlab-toy-64-32-relu, logitlab-toy-binary-16-relu"),
+    ("models:/logitlab-toy-16-relu@best", "registered model 'logitlab-toy-16-relu' has no alias 'best'; valid: "
+                                          "champion, logit, logit_gradient_tape, sigmoid, softmax"),
+    ("models:/logitlab-toy-16-relu/99", "registered model 'logitlab-toy-16-relu' has no version '99'; valid: 1, 2, 3, "
+                                        "4, 5"),
+    ("models:/logitlab-toy-16-relu", "model 'models:/logitlab-toy-16-relu' names no version; use "
+                                     "models:/logitlab-toy-16-relu@ALIAS"),
     ("runs:/abc/model", "model 'runs:/abc/model' is not a registry URI"),
     ("models:/m-0123456789abcdef", "no logged model 'm-0123456789abcdef' in the tracking store {store}"),
 ])
@@ -163,11 +183,11 @@ def test_a_model_that_does_not_exist_is_one_line_naming_it_and_what_exists(store
 
 
 def test_serve_refuses_an_unknown_alias_in_one_line_before_starting_a_server(store, toy_registry):
-    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-toy@best", "--tracking-uri", store],
-                          capture_output=True, text=True, timeout=120, env=subprocess_env())
+    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-toy-16-relu@best", "--tracking-uri",
+                           store], capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "logitlab serve: error: registered model 'logitlab-toy' has no alias 'best'; valid: champion, logit, "
+        "logitlab serve: error: registered model 'logitlab-toy-16-relu' has no alias 'best'; valid: champion, logit, "
         "logit_gradient_tape, sigmoid, softmax"]
     assert proc.stdout == "", "nothing was served"
 
@@ -188,7 +208,8 @@ def test_a_damaged_model_is_one_line_naming_it_and_the_stage_that_remakes_it(sto
     from logitlab.serving import registry
 
     _, info, run_id = logged("multiclass", "logit", x)
-    registry.register(info.model_id, run_id, dataset=f"broken{damage[0]}", task="multiclass", head=head("logit"),
+    registry.register(info.model_id, run_id, dataset=f"broken{damage[0]}", task="multiclass", layers=[16],
+                      activation="relu", head=head("logit"),
                       trainer="fit", variant="broken-logit", stage="train@broken-logit",
                       metrics={"test_loss": 0.1, "test_accuracy": 0.9, "test_loss_f64": 0.1})
     folder = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path)
@@ -205,7 +226,7 @@ def test_a_damaged_model_is_one_line_naming_it_and_the_stage_that_remakes_it(sto
                 if member != "model.weights.h5":
                     new.writestr(member, old.read(member))
         shutil.copy(kept, keras_file)
-    uri = f"models:/logitlab-broken{damage[0]}@logit"
+    uri = f"models:/logitlab-broken{damage[0]}-16-relu@logit"
     expected = f"model {uri} is damaged ("
     with pytest.raises(UserError) as caught:
         registry.load(uri, store)
@@ -220,7 +241,7 @@ def test_a_damaged_model_is_one_line_naming_it_and_the_stage_that_remakes_it(sto
 
 
 def test_serving_without_a_store_says_how_to_make_one(tmp_path):
-    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-mnist@champion", "--root",
+    proc = subprocess.run([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-mnist-25-15-relu@champion", "--root",
                            str(tmp_path)], capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"logitlab serve: error: no tracking store at sqlite:///{tmp_path}/mlflow.db; "
@@ -261,13 +282,14 @@ def test_the_champion_is_served_on_loopback(tmp_path):
         assert trained.returncode == 0, trained.stderr[-3000:]
 
     mlflow.set_tracking_uri(uri)
-    keras_model = mlflow.keras.load_model("models:/logitlab-mnist@champion")
+    keras_model = mlflow.keras.load_model("models:/logitlab-mnist-25-15-relu@champion")
     digits = np.load(tmp_path / "processed" / "mnist.npz")["x_test"][:5]
     expected = np.asarray(keras_model(digits, training=False)).argmax(axis=1)
 
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-mnist@champion", "--tracking-uri", uri,
+    proc = subprocess.Popen([PYTHON, "-m", "logitlab", "serve", "models:/logitlab-mnist-25-15-relu@champion",
+                             "--tracking-uri", uri,
                              "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"

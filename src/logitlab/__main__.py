@@ -105,9 +105,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m logitlab")
     sub = parser.add_subparsers(dest="command", required=True)
-    params = sub.add_parser("params", help="write params.yaml, the composition of conf/ that DVC tracks, and dvc.yaml's plots of its variants")
+    params = sub.add_parser("params", help="write params.yaml, the composition of conf/ that DVC tracks, and "
+                            "dvc.yaml's plots of its variants")
     params.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: .)")
-    params.add_argument("--check", action="store_true", help="only check that params.yaml agrees with conf/ and dvc.yaml's plots with params.yaml")
+    params.add_argument("--check", action="store_true",
+                        help="only check that params.yaml agrees with conf/, and dvc.yaml's plots with params.yaml")
     server = sub.add_parser("server", help="an MLflow tracking server with proxied artifacts (team set-up)")
     server.add_argument("--root", type=Path, default=Path.cwd(), help="project root, for the defaults (default: .)")
     server.add_argument("--host", default=LOOPBACK, help=f"interface to bind (default: {LOOPBACK}, this machine only)")
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: <root>/mlartifacts)")
     server.add_argument("--workers", type=int, default=1)
     serve = sub.add_parser("serve", help="a registered model behind MLflow's scoring server (POST /invocations)")
-    serve.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/logitlab-mnist@champion")
+    serve.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION, "
+                       "e.g. models:/logitlab-mnist-25-15-relu@champion")
     serve.add_argument("--root", type=Path, default=Path.cwd(), help="project root, for its store (default: .)")
     serve.add_argument("--tracking-uri", help="the store the registry lives in (default: $MLFLOW_TRACKING_URI, "
                        "else sqlite:///<root>/mlflow.db)")

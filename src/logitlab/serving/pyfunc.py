@@ -138,6 +138,8 @@ def _load_pyfunc(path: str, model_config: Any = None) -> HeadPredictor:
     from mlflow.models import Model
     from mlflow.models.model import MLMODEL_FILE_NAME
 
+    import logitlab.model.build  # noqa: F401  registers the custom layers (DetachLogits) Keras must find
+
     conf = Model.load(os.path.join(path, MLMODEL_FILE_NAME))
     meta = conf.metadata or {}  # written by save_model above
     return HeadPredictor(_load_keras_model(path, conf), meta["logitlab.task"], logged_head(meta))

@@ -1,7 +1,14 @@
-"""The model registry: one registered model per dataset x task (`logitlab-mnist`,
-`logitlab-mnist-binary`), one version per trained variant, an alias per head pointing at that head's
-latest version (`@logit`, `@softmax_strict`; `@logit_gradient_tape` for another trainer), and
-`@champion` on the version with the lowest test loss of its own probabilities (`test_loss_f64`).
+"""The model registry: one registered model per dataset x task x architecture (the hidden layers'
+widths and activation): `logitlab-mnist-25-15-relu` holds the 25-15 heads, `logitlab-mnist-784-256-relu`
+the GradientTape notebook's 784-256 model, `logitlab-mnist-binary-25-15-relu` the binary heads. One
+version per trained variant, an alias per head pointing at that head's latest version (`@logit`,
+`@softmax_strict`; `@logit_gradient_tape` for another trainer), and `@champion` on the version with
+the lowest test loss of its own probabilities (`test_loss_f64`).
+
+Why a model per architecture: @champion answers the lesson's question, which head to serve for this
+network. Ranked across architectures, in one registered model per dataset x task, @champion went to
+the 784-256 notebook model, which beats every 25-15 head on loss by its size alone: it said which
+network is bigger, not which head is better. A change of network is a new model, not a new version.
 
 Why not Keras's `test_loss`: the multi-class `sigmoid` head trains and is evaluated on softmax of
 its logits (Keras's rescue), so its `test_loss` equals the softmax head's while its own outputs,
@@ -15,6 +22,7 @@ it and listing what exists, never MLflow's traceback.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +40,17 @@ TAG_STAGE = "logitlab.stage"   # the DVC stage that trains and registers the ver
 KERAS_FILE = "model.keras"     # the Keras flavor's file, in its data folder
 
 
-def registered_name(dataset: str, task: str) -> str:
-    return f"{PREFIX}-{dataset}" + ("" if task == Task.multiclass else f"-{task}")
+def architecture(layers: Sequence[int], activation: str) -> str:
+    """The hidden layers' widths and activation, as a registered model's name spells them: `25-15-relu`."""
+    return "-".join(str(int(units)) for units in layers) + f"-{activation}"
+
+
+def registered_name(dataset: str, task: str, layers: Sequence[int], activation: str) -> str:
+    return (f"{PREFIX}-{dataset}" + ("" if task == Task.multiclass else f"-{task}")
+            + f"-{architecture(layers, activation)}")
+
+
+DEFAULT_NAME = registered_name("mnist", Task.multiclass, [25, 15], "relu")  # make serve's, the README's
 
 
 def alias(head: str, trainer: str) -> str:
@@ -48,21 +65,22 @@ class Registered:
     champion: str  # the alias that holds @champion now
 
 
-def register(model_id: str, run_id: str, *, dataset: str, task: str, head: Head, trainer: str, variant: str,
-             metrics: dict[str, float], stage: str | None = None) -> Registered:
-    """A new version of the dataset x task's registered model for the logged model `model_id`; the
-    head's alias moves to it, and @champion to the best version any head's alias points at."""
+def register(model_id: str, run_id: str, *, dataset: str, task: str, layers: Sequence[int], activation: str,
+             head: Head, trainer: str, variant: str, metrics: dict[str, float], stage: str | None = None) -> Registered:
+    """A new version of the dataset x task x architecture's registered model for the logged model
+    `model_id`; the head's alias moves to it, and @champion to the best version any head's alias
+    points at."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    name = registered_name(dataset, task)
+    name = registered_name(dataset, task, layers, activation)
 
     def create() -> None:  # once per name; a concurrent job may create it first
         try:
             client.create_registered_model(name, description=(
-                f"logitlab: every head trained on {dataset} ({task}); @{CHAMPION} has the lowest {RANKED_BY}, "
-                "and each head's alias its latest version"))
+                f"logitlab: every head of the {architecture(layers, activation)} network trained on {dataset} "
+                f"({task}); @{CHAMPION} has the lowest {RANKED_BY}, and each head's alias its latest version"))
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -157,7 +175,7 @@ def check_model_uri(uri: str, tracking_uri: str) -> None:
     match = _URI.match(uri)
     if not match:
         raise UserError(f"model {uri!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION, "
-                        f"e.g. models:/{registered_name('mnist', 'multiclass')}@{CHAMPION}")
+                        f"e.g. models:/{DEFAULT_NAME}@{CHAMPION}")
     client = store_call("open the tracking store", mlflow.MlflowClient, tracking_uri, registry_uri=tracking_uri)
     name, wanted_alias, version = match["name"], match["alias"], match["version"]
     store = redact_text(tracking_uri)

@@ -262,7 +262,8 @@ def record(plan: Plan, model: Any, history: list[dict[str, float]], steps: list[
     for path in (files.model_dir / OUTPUTS_FILE, *notebook, picture):
         store_call(f"log {path.name}", mlflow.log_artifact, str(path))
     if cfg.registers:
-        version = register(logged.model_id, run.info.run_id, dataset=cfg.dataset, task=str(cfg.task), head=head,
+        version = register(logged.model_id, run.info.run_id, dataset=cfg.dataset, task=str(cfg.task),
+                           layers=cfg.model.layers, activation=str(cfg.model.activation), head=head,
                            trainer=str(cfg.trainer.name), variant=cfg.variant, metrics=result.metrics,
                            stage=cfg.stage if cfg.layout == Layout.pipeline else None)
         store_call("tag the run", mlflow.set_tag, "logitlab.registered", f"{version.name}/{version.version}")
