@@ -62,3 +62,22 @@ def http_server():
     server = LoopbackServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """The small pipeline run once from nothing with a plain serial `dvc repro` (make repro JOBS=1),
+    shared by the end-to-end tests: each copies the finished project (`shutil.copytree(..,
+    symlinks=True)`) instead of running its own. `base` is the same project before the run."""
+    import shutil
+    import sys
+
+    from helpers import repro, tiny_project_from_nothing
+
+    tmp = tmp_path_factory.mktemp("tiny-pipeline")
+    base = tiny_project_from_nothing(tmp / "base", tmp)
+    serial = tmp / "serial"
+    shutil.copytree(base, serial, symlinks=True)
+    run, seconds = repro(serial, 1)
+    print(f"\nthe tiny pipeline from nothing, serial: {seconds:.1f} s", file=sys.stderr)
+    return {"base": base, "serial": serial, "serial_run": run, "serial_s": seconds}

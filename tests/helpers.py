@@ -221,6 +221,34 @@ def shrink_to_tiny_data(project: Path, tmp_path: Path) -> None:
     run([PYTHON, "-m", "logitlab", "params"], project)
 
 
+GENERATED = ("dvc.lock", "metrics", "history", "predictions", "report")  # what `make repro` writes, git keeps
+PARALLEL = [PYTHON, "-m", "logitlab.stages.parallel"]  # make repro's command
+
+
+def repro(project: Path, jobs: int) -> tuple[subprocess.CompletedProcess, float]:
+    """`make repro JOBS=jobs` in `project` (jobs 1: a plain `dvc repro`); the process and its seconds."""
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run([*PARALLEL, "--jobs", str(jobs)], cwd=project, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=900)
+    took = time.monotonic() - start
+    assert proc.returncode == 0, f"--jobs {jobs} exited {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    return proc, took
+
+
+def tiny_project_from_nothing(dest: Path, tmp: Path) -> Path:
+    """A copy of the project shrunk to the tiny pipeline, with nothing `make repro` writes (no
+    dvc.lock, outputs, data or store), in a git repository of its own."""
+    project = copy_project(dest)
+    shrink_to_tiny_data(project, tmp)
+    for name in GENERATED:
+        target = project / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=project, check=True)
+    return project
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import PYTHON, copy_project, runs_of, shrink_to_tiny_data, subprocess_env
+from helpers import PARALLEL, PYTHON, repro, runs_of, subprocess_env
 from logitlab.stages.parallel import Plan, StageFailed, downstream, run, serial_order, without_hints
 
-PARALLEL = [PYTHON, "-m", "logitlab.stages.parallel"]
 DVC = str(Path(PYTHON).with_name("dvc"))
 LOCK_ERRORS = ("Unable to acquire lock", "is busy, it is being blocked by", "LockError", "database is locked")
 
@@ -273,9 +272,6 @@ def test_aliases_crowned_at_once_by_several_processes_end_as_in_series(tmp_path,
 
 VARIANTS = {f"{d}-{h}" for d in ("mnist", "blobs") for h in ("softmax", "logit")} | {
     "mnist-binary-logit", "blobs-binary-logit", "blobs-logit-gradient_tape"}
-GENERATED = ("dvc.lock", "metrics", "history", "predictions", "report")
-
-
 def masked(lock: dict) -> dict:
     """dvc.lock's entries with the hashes of the model folders left out: Keras writes the time of
     saving into model.keras (metadata.json's date_saved), so no two runs, serial or not, agree on
@@ -288,35 +284,18 @@ def masked(lock: dict) -> dict:
             for stage, fields in lock.items()}
 
 
-def repro(project: Path, jobs: int) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.monotonic()
-    proc = subprocess.run([*PARALLEL, "--jobs", str(jobs)], cwd=project, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=900)
-    took = time.monotonic() - start
-    assert proc.returncode == 0, f"--jobs {jobs} exited {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-    return proc, took
-
-
 @pytest.fixture(scope="module")
-def pipelines(tmp_path_factory):
-    """The tiny pipeline from nothing (no data, no dvc.lock, no outputs, no tracking store), run in
-    series (--jobs 1: `dvc repro`) in one copy and with two workers in another."""
-    tmp = tmp_path_factory.mktemp("parallel")
-    base = copy_project(tmp / "base")
-    shrink_to_tiny_data(base, tmp)
-    for name in GENERATED:
-        target = base / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    subprocess.run(["git", "init", "-q"], cwd=base, check=True)
-    serial, parallel = tmp / "serial", tmp / "parallel"
-    shutil.copytree(base, serial, symlinks=True)
-    shutil.copytree(base, parallel, symlinks=True)
-    serial_run, serial_s = repro(serial, 1)
+def pipelines(tiny_pipeline, tmp_path_factory):
+    """The tiny pipeline from nothing (no data, no dvc.lock, no outputs, no tracking store): the
+    session's serial run (`dvc repro`), and with two workers in another copy of the same project."""
+    parallel = tmp_path_factory.mktemp("parallel") / "parallel"
+    shutil.copytree(tiny_pipeline["base"], parallel, symlinks=True)
     parallel_run, parallel_s = repro(parallel, 2)
+    serial_s = tiny_pipeline["serial_s"]
     print(f"\ntiny pipeline from nothing: --jobs 1 {serial_s:.1f} s, --jobs 2 {parallel_s:.1f} s "
           f"({parallel_s / serial_s:.2f}x)", file=sys.stderr)
-    return {"serial": serial, "parallel": parallel, "serial_run": serial_run, "parallel_run": parallel_run,
-            "serial_s": serial_s, "parallel_s": parallel_s}
+    return {"serial": tiny_pipeline["serial"], "parallel": parallel, "serial_run": tiny_pipeline["serial_run"],
+            "parallel_run": parallel_run, "serial_s": serial_s, "parallel_s": parallel_s}
 
 
 def aliases(project: Path) -> dict:

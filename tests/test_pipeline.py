@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -10,8 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import (PYTHON, ROOT, app, copy_project, keras_npz_bytes, mnist_arrays, run, sha256_bytes, shrink_to_tiny_data,
-                     subprocess_env, tiny_blobs)
+from helpers import (PYTHON, ROOT, app, keras_npz_bytes, mnist_arrays, run, sha256_bytes, subprocess_env, tiny_blobs)
 
 BIN = Path(PYTHON).parent
 TRAIN_STAGES = {f"train@{d}-{h}" for d in ("mnist", "blobs") for h in ("softmax", "logit")} | {
@@ -254,14 +254,14 @@ def test_local_mnist_file_with_wrong_shapes_or_dtypes_is_refused(tmp_path, bad, 
 
 
 @pytest.mark.slow
-def test_dvc_repro_end_to_end(tmp_path):
-    project = copy_project(tmp_path / "project")
-    shrink_to_tiny_data(project, tmp_path)
+def test_dvc_repro_end_to_end(tmp_path, tiny_pipeline):
+    """The session's tiny pipeline, run from nothing by a plain `dvc repro`, then changed in a copy."""
+    project = tmp_path / "project"
+    shutil.copytree(tiny_pipeline["serial"], project, symlinks=True)
     env = subprocess_env()
-    run(["git", "init", "-q"], project)
     dvc = str(BIN / "dvc")
 
-    first = run([dvc, "repro"], project, env, timeout=900)
+    first = tiny_pipeline["serial_run"]
     assert ran_stages(first) == {f"{s}@{d}" for s in ("fetch", "preprocess") for d in ("mnist", "blobs")} | TRAIN_STAGES | {
         "report"}, "one stage per variant: it trains and evaluates"
 
