@@ -1,11 +1,12 @@
-"""python -m logitlab exps: DVC's experiments as a row per variant x experiment, run as a user runs
-it, in a fresh git copy of the project; every number checked against metrics/*.json itself."""
+"""make exps and make metrics: DVC's views of the committed metrics, run as a user runs them, in a
+fresh git copy of the project; every number checked against metrics/*.json itself."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -15,11 +16,25 @@ from helpers import PYTHON, ROOT, copy_project, subprocess_env
 
 WIDTH = 100
 DEFAULT = ("test_loss", "test_accuracy", "prob_min", "prob_max")
+# The README's DVC-only view: one variant, two metrics, as much as DVC's own table fits in 100 columns.
+DVC_ONLY = r"dvc exp show --drop '.*' --keep 'Experiment|metrics/mnist-logit\.json:(test_loss|prob_min)$'"
 GIT = ["git", "-c", "user.name=logitlab", "-c", "user.email=dev@logitlab.invalid"]
 
 
 def committed_metrics() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "metrics").glob("*.json"))}
+
+
+def recipe(target: str) -> list[str]:
+    """The Makefile's command lines for `target`."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    body = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        body.append(line.strip())
+    return body
 
 
 def commit_all(project: Path, message: str = "base") -> None:
@@ -53,7 +68,8 @@ def agrees(cell: str, value: float) -> bool:
     return math.isclose(shown, value, rel_tol=5e-4) and shown.is_integer() == float(value).is_integer()
 
 
-def test_exps_fits_100_columns_and_shows_every_variant_as_its_file_says(project):
+def test_make_exps_fits_100_columns_and_shows_every_variant_as_its_file_says(project):
+    assert recipe("exps")[0].startswith("$(BIN)/python -m logitlab exps"), recipe("exps")
     proc = exps(project)
     assert proc.returncode == 0, proc.stderr
     too_wide = [line for line in proc.stdout.splitlines() if len(line) > WIDTH]
@@ -160,3 +176,45 @@ def test_numbers_never_round_to_a_whole_number_they_are_not():
         for field, value in fields.items():
             assert agrees(fmt(value), value), (variant, field, value, fmt(value))
 
+
+def test_make_metrics_shows_every_value_as_its_file_stores_it(project):
+    """DVC rounds to --precision decimals; the Makefile's precision leaves every value whole."""
+    (command,) = recipe("metrics")
+    match = re.fullmatch(r"\$\(BIN\)/dvc metrics show --precision (\d+)", command)
+    assert match, command
+    proc = subprocess.run([PYTHON, "-m", "dvc", "metrics", "show", "--precision", match.group(1)], cwd=project,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    header, rows = parse(proc.stdout)
+    assert header[0] == "Path"
+    metrics = committed_metrics()
+    assert sorted(row["Path"] for row in rows) == sorted(f"metrics/{v}.json" for v in metrics)
+    for row in rows:
+        fields = metrics[Path(row["Path"]).stem]
+        for field in header[1:]:
+            shown = row[field]
+            assert (shown == "-") if field not in fields else float(shown) == fields[field], (row["Path"], field, shown)
+
+
+def test_the_readmes_dvc_only_view_fits_and_shows_the_tiny_probability(project):
+    readme = (ROOT / "README.md").read_text()
+    assert DVC_ONLY in readme, "the README shows another DVC-only command than the one tested here"
+    proc = subprocess.run([PYTHON, "-m", "dvc", *shlex.split(DVC_ONLY)[1:]], cwd=project, check=False,
+                          env=subprocess_env(COLUMNS=str(WIDTH)), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(len(line) <= WIDTH for line in lines) and "…" not in proc.stdout, proc.stdout
+    workspace = next(line for line in lines if "workspace" in line).split()
+    assert agrees(workspace[-1], committed_metrics()["mnist-logit"]["prob_min"]), workspace
+
+
+def test_the_readmes_example_is_what_the_command_prints(project):
+    """The README's example output, from the committed metrics: a test fails when they disagree."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```text\n\$ (python -m logitlab exps[^\n]*)\n(.*?)```", readme, re.DOTALL)
+    assert block, "the README shows no example of python -m logitlab exps"
+    command, shown = block.groups()
+    proc = exps(project, *shlex.split(command)[4:])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == shown, (f"the README's example is out of date; in a fresh clone on main, {command} "
+                                  f"prints:\n{proc.stdout}")
