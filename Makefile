@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS ?= 1
 # DVC stages call `python`: make it the project's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast bench bench-pipeline params plots-page ui server serve lock docs-images
+.PHONY: setup repro test test-fast bench bench-pipeline params plots-page exps metrics ui server serve lock docs-images
 
 setup: $(STAMP)
 
@@ -59,6 +59,14 @@ params: $(STAMP)  ## regenerate params.yaml from conf/ and dvc.yaml's history pl
 
 plots-page:  ## rebuild vega/plots_page.html, dvc plots' offline page, from vega/package-lock.json (needs npm)
 	$(PYTHON) vega/build.py
+
+exps: $(STAMP)  ## dvc exp show in 100 columns, a row per variant x experiment (src/logitlab/stages/views.py); VARIANT='mnist-*' SORT=test_loss
+	$(BIN)/python -m logitlab exps $(if $(VARIANT),--variant '$(VARIANT)') $(if $(SORT),--sort-by $(SORT))
+
+# DVC rounds each value to --precision decimals with Python's round(), which returns a float unchanged
+# past 323 digits: every value as its metrics file stores it (prob_min 1.1e-27, not 5 decimals' 0.0).
+metrics: $(STAMP)  ## dvc metrics show, no value rounded: every field of every variant (wide: less -S, or make exps)
+	$(BIN)/dvc metrics show --precision 330
 
 # The project's SQLite store and where it keeps artifacts (logitlab.tracking.store), named outright:
 # plain `mlflow ui` opens ./mlflow.db of its working directory (creating an empty one elsewhere) and

@@ -1,6 +1,7 @@
 """`python -m logitlab params [--check]`: regenerate params.yaml from conf/, or check that it agrees.
 `python -m logitlab server [...]`: an MLflow tracking server for a team, on 127.0.0.1 unless told.
-`python -m logitlab serve models:/NAME@ALIAS [...]`: a registered model behind MLflow's scoring server."""
+`python -m logitlab serve models:/NAME@ALIAS [...]`: a registered model behind MLflow's scoring server.
+`python -m logitlab exps [...]`: `dvc exp show` as one row per variant x experiment, in 100 columns."""
 
 from __future__ import annotations
 
@@ -102,6 +103,12 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+def _exps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from logitlab.stages.views import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m logitlab")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                        "else sqlite:///<root>/mlflow.db)")
     serve.add_argument("--host", default=LOOPBACK, help=f"interface to bind (default: {LOOPBACK}, this machine only)")
     serve.add_argument("--port", type=int, default=5001)
+    exps = sub.add_parser("exps", help="dvc exp show as one row per variant x experiment: test loss, accuracy, "
+                          "the smallest and largest probability")
+    from logitlab.stages.views import add_arguments
+
+    add_arguments(exps)
     args = parser.parse_args(argv)
-    commands = {"params": _params, "server": _server, "serve": _serve}
+    commands = {"params": _params, "server": _server, "serve": _serve, "exps": _exps}
     from logitlab.errors import UserError
 
     try:
