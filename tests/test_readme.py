@@ -1,0 +1,168 @@
+"""Every bash and python block of README.md runs here, in order, as a newcomer runs it from the project
+root, on a copy of the session's finished small pipeline (Sybil parses the README).
+
+A block that cannot run here says so in the README itself, right above it, with Sybil's
+`<!-- skip: next "the reason" -->` (or the `<!-- extend: ... -->` marker of a step that
+tests/test_extend.py follows). A block of long-running servers is marked
+`<!-- readme: servers URL -->`: each command in it is started, must answer URL, and is stopped; a
+block that needs one running is marked `<!-- readme: with-server "COMMAND" URL -->`. No other block
+is left out: the test fails on a bash or python block without a way to run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sybil import Sybil
+from sybil.parsers.markdown import CodeBlockParser, SkipParser
+
+from helpers import PYTHON, ROOT, subprocess_env
+
+README = ROOT / "README.md"
+DIRECTIVE = re.compile(r"<!-- (readme|extend): (.*?) -->\s*$")
+BLOCK_TIMEOUT_S = 900
+
+
+def directive(example) -> tuple[str, str] | None:
+    """The marker comment on the line right above a block, if any."""
+    above = example.document.text[:example.start].rstrip("\n").rsplit("\n", 1)[-1]
+    match = DIRECTIVE.search(above)
+    return (match[1], match[2]) if match else None
+
+
+def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} before answering {url}:\n{log.read_text()[-3000:]}")
+        if answers(url):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no answer from {url} in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop(proc: subprocess.Popen, url: str) -> None:
+    """The server and its children (its own process group), by pid; back only once `url` is gone,
+    so that the next block's server is the one that answers."""
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    signal_group(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        signal_group(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while answers(url) and time.monotonic() < deadline:  # the group's workers may outlive its leader a moment
+        time.sleep(0.5)
+    signal_group(signal.SIGKILL)
+    assert not answers(url), f"{url} still answers after its server was stopped"
+
+
+def started(command: str, project: Path, env: dict, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(["bash", "-c", command], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def run_block(source: str, project: Path, env: dict, language: str) -> subprocess.CompletedProcess:
+    cmd = ["bash", "-e", "-o", "pipefail", "-c", source] if language == "bash" else [PYTHON, "-"]
+    proc = subprocess.run(cmd, cwd=project, env=env, input=None if language == "bash" else source,
+                          capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+    assert proc.returncode == 0, f"exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def evaluate(example) -> None:
+    """How Sybil runs a bash or python block: in the project the test set in the document's namespace."""
+    project, env, logs = (example.document.namespace[k] for k in ("project", "env", "logs"))
+    language = example.region.lexemes["arguments"]
+    source = example.parsed
+    marked = directive(example)
+    if marked and marked[0] == "extend":
+        pytest.skip("a step of the README's Extend it section: tests/test_extend.py follows it")
+    kind, _, args = (marked[1].partition(" ") if marked else ("", "", ""))
+    if kind == "servers":
+        url = args.strip()
+        for n, command in enumerate(c for c in source.splitlines() if c.strip() and not c.startswith("#")):
+            proc = started(command, project, env, logs / f"server-{example.line}-{n}.log")
+            try:
+                wait_for(url, proc, logs / f"server-{example.line}-{n}.log")
+            finally:
+                stop(proc, url)
+    elif kind == "with-server":
+        server, url = shlex.split(args)
+        proc = started(server, project, env, logs / f"with-server-{example.line}.log")
+        try:
+            wait_for(url, proc, logs / f"with-server-{example.line}.log")
+            out = run_block(source, project, env, language)
+            assert "predictions" in json.loads(out.stdout), out.stdout  # the scoring server's answer
+        finally:
+            stop(proc, url)
+    else:
+        assert not marked, f"README.md line {example.line}: unknown marker {marked}"
+        run_block(source, project, env, language)
+
+
+def examples():
+    sybil = Sybil(parsers=[SkipParser(), CodeBlockParser(language="bash", evaluator=evaluate),
+                           CodeBlockParser(language="python", evaluator=evaluate)])
+    return list(sybil.parse(README).examples())
+
+
+EXAMPLES = examples()
+
+
+@pytest.fixture(scope="module")
+def readme_project(tiny_pipeline, tmp_path_factory):
+    """A copy of the finished small pipeline, committed on `main` (for `dvc plots diff main
+    workspace`), with the project's environment at .venv, as `make` leaves it."""
+    tmp = tmp_path_factory.mktemp("readme")
+    project = tmp / "project"
+    shutil.copytree(tiny_pipeline["serial"], project, symlinks=True)
+    (project / ".venv").symlink_to(Path(PYTHON).parent.parent, target_is_directory=True)
+    git = ["git", "-c", "user.name=logitlab-tests", "-c", "user.email=tests@logitlab.invalid"]
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-qm", "the finished pipeline"], cwd=project, check=True, capture_output=True)
+    env = subprocess_env(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1")
+    logs = tmp / "logs"
+    logs.mkdir()
+    return project, env, logs
+
+
+def test_every_bash_and_python_block_can_be_run_here():
+    code = [e for e in EXAMPLES if isinstance(e.region.parsed, str) and e.region.evaluator is evaluate]
+    assert len(code) >= 20, "Sybil found the README's code blocks"
+    fences = re.findall(r"^```(bash|python)$", README.read_text(), re.M)
+    assert len(code) == len(fences), "every bash and python fence is an example"
+
+
+@pytest.mark.slow  # the README's commands on a real pipeline
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"line {e.line}" for e in EXAMPLES])
+def test_readme_block(example, readme_project):
+    project, env, logs = readme_project
+    example.document.namespace.update(project=project, env=env, logs=logs)
+    example.evaluate()
