@@ -88,24 +88,30 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
 
 @pytest.mark.slow
 def test_failing_jobs_do_not_stop_the_sweep(tmp_path, blobs):
+    """A diverged job, and jobs that fail before their run (MNIST was never preprocessed here): the
+    other job runs to the end. (A bad value fails the whole sweep before any job: test_sweep_check.)"""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep_dir = tmp_path / "sweep"
-    proc = sweep(tmp_path, store, sweep_dir, *blobs, "optimizer.lr=1e10,-1,0.001", "trainer.epochs=2", check=False)
+    data = [o for o in blobs if not o.startswith("dataset=")]
+    proc = sweep(tmp_path, store, sweep_dir, "optimizer.lr=1e10,0.001", *data, "dataset=blobs,mnist",
+                 "trainer.epochs=2", check=False)
 
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("logitlab sweep")]
-    assert len(lines) == 3 and lines[-1].endswith("2 job(s) failed; the others ran to the end")
+    assert len(lines) == 4 and lines[-1].endswith("3 job(s) failed; the others ran to the end")
     assert "job 0 (" in lines[0] and "failed: loss became nan in epoch 1: training diverged" in lines[0]
-    assert "job 1 (" in lines[1] and lines[1].endswith("failed: optimizer.lr must be a positive number, got -1.0")
+    missing = "mnist.npz does not exist; run its stage first: dvc repro preprocess@mnist"
+    assert "job 1 (" in lines[1] and lines[1].endswith(missing)
+    assert "job 3 (" in lines[2] and lines[2].endswith(missing)
 
     parents, children = parents_and_children(store)
     [(parent_id, parent)] = parents.items()
     assert parent.info.status == "FAILED"
     assert parent.data.metrics["jobs_finished"] == 1 and parent.data.metrics["jobs_failed"] == 1
-    assert parent.data.metrics["jobs_failed_before_run"] == 1
+    assert parent.data.metrics["jobs_failed_before_run"] == 2
     by_num = {r.data.tags["hydra.job.num"]: r for r in children[parent_id]}
-    assert set(by_num) == {"0", "2"}, "the bad-input job never started a run"
+    assert set(by_num) == {"0", "2"}, "the jobs without data never started a run"
     assert by_num["0"].info.status == "FAILED" and by_num["0"].data.tags["logitlab.failed_epoch"] == "1"
     assert by_num["2"].info.status == "FINISHED" and "test_accuracy" in by_num["2"].data.metrics
     assert not (sweep_dir / "0" / "model.keras").exists() and (sweep_dir / "2" / "model.keras").is_file()
