@@ -1,21 +1,24 @@
-"""The README's facts about the model registry and its precision table, generated into README.md
-by cog from docs/registry.json, a snapshot of the registry that `make repro` built, and
-docs/precision.json, the runs of the README's precision sweep.
+"""The README's facts, generated into README.md by cog from the files they come from:
 
-- `python docs/readme_facts.py` (part of `make docs-images`, a maintainer's command) reads the
-  project's store (mlflow.db): every registered model, each alias's version, variant and
-  `test_loss_f64`, @champion, and the champion's answer for the first MNIST test digit; it writes
-  docs/registry.json, then runs `cog -r README.md`.
-- `python docs/readme_facts.py --precision sqlite:///<the sweep's store>` also reads the precision
-  sweep's runs (the README gives its command) into docs/precision.json, with the processor's name.
-- README.md's blocks between `[[[cog` and `[[[end]]]` call the functions below; `cog --check`
-  (tests/test_readme_facts.py) fails while the README disagrees with docs/registry.json, and the
-  same test checks docs/registry.json against metrics/*.json, which `make repro` writes and git keeps.
+- the model registry (its champions, aliases, what `make serve` answers): docs/registry.json, a
+  snapshot of the registry `make repro` built, which `python docs/readme_facts.py` (part of `make
+  docs-images`, a maintainer's command) reads from the project's store (mlflow.db), then it runs
+  `cog -r README.md`;
+- the precision table: docs/precision.json, the runs of the README's precision sweep, read by
+  `python docs/readme_facts.py --precision sqlite:///<the sweep's store>`, with the processor's name;
+- the default `make repro`'s results table and the numbers said about it: report/summary.csv;
+- the numerics study's differences: docs/study/study.csv (the study's report);
+- the benchmark's table: benchmarks/results.json, as `python benchmarks/bench.py --markdown` prints it.
+
+README.md's blocks between `[[[cog` and `[[[end]]]` call the functions below. `cog --check`
+(tests/test_readme_facts.py) fails while the README disagrees with any of those files, and the same
+test checks docs/registry.json against metrics/*.json, which `make repro` writes and git keeps.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -96,6 +99,90 @@ def precision_table() -> None:
                  "machine to machine. The counts of exact 0s and 1s and the mixed-precision digits depend on the "
                  "CPU's kernels: on another processor they differ.*")
     _out("\n".join(lines))
+
+
+RESULTS = ROOT / "report" / "summary.csv"   # make repro's report
+RESULT_COLUMNS = {"dataset": "dataset", "task": "task", "head": "head", "trainer": "trainer",
+                  "train_loss_path": "loss path", "test_loss": "test loss", "test_accuracy": "accuracy",
+                  "output_min": "out min", "output_max": "out max", "prob_min": "p min", "prob_max": "p max",
+                  "test_loss_f64": "loss f64", "loss_err_probs_max": "err probs max",
+                  "prob_clip_band_fraction": "in clip band", "probs_sum_max_error": "Σp − 1 max",
+                  "argmax_tie_fraction": "argmax ties"}
+
+
+def _results():
+    import pandas as pd
+
+    return pd.read_csv(RESULTS)
+
+
+def results_table() -> None:
+    """The default `make repro`'s results: report/summary.csv, these columns, renamed."""
+    table = _results()[list(RESULT_COLUMNS)].rename(columns=RESULT_COLUMNS)
+    _out(table.to_markdown(index=False, floatfmt=".4g"))
+
+
+def results_notes() -> None:
+    """What the results table says, its numbers read from it."""
+    runs = _results()
+
+    def row(dataset: str, task: str, head: str, trainer: str = "fit") -> Any:
+        match = runs[(runs.dataset == dataset) & (runs.task == task) & (runs["head"] == head)
+                     & (runs.trainer == trainer)]
+        return match.iloc[0]
+
+    logit, softmax = row("mnist", "multiclass", "logit"), row("mnist", "multiclass", "softmax")
+    strict, sigmoid = row("mnist", "multiclass", "softmax_strict"), row("mnist", "multiclass", "sigmoid")
+    strict_err = runs[runs["head"].str.endswith("_strict")].loss_err_probs_max.max()
+    ties = round(sigmoid.argmax_tie_fraction * 10000)  # MNIST's 10,000 test digits
+    _out(f"""2. At the reference settings, even the `_strict` heads, which really compute the loss from
+   clipped probabilities, stay within {strict_err:.1g} of the float64 loss. They differ from the
+   others only in the digits of training (MNIST accuracy {strict.test_accuracy:.4f} against
+   {logit.test_accuracy:.4f}, test loss {strict.test_loss_f64:.4f} against {logit.test_loss_f64:.4f}).
+3. The probabilities still hide information the logits keep: {softmax.prob_clip_band_fraction:.0%} of
+   MNIST's softmax outputs are below 1e-7, inside the clip band, where the logits (down to
+   {logit.output_min:.1f}) still rank them.
+4. The sigmoid head is the real hazard. Keras trains it on softmax of its logits, but its own
+   outputs sum to as much as {1 + sigmoid.probs_sum_max_error:.1f} (Σp − 1 up to
+   {sigmoid.probs_sum_max_error:.1f}), and their honest loss is {sigmoid.test_loss_f64:.2f}, not the
+   {sigmoid.test_loss:.3f} it trained on. Its accuracy trails the logit head's it trained exactly as
+   ({sigmoid.test_accuracy:.4f} against {logit.test_accuracy:.4f}) by its argmax ties: {ties} test
+   digits with two classes at exactly 1.0, where argmax takes the first.""")
+
+
+STUDY = ROOT / "docs" / "study" / "study.csv"   # the numerics study's differences (its report)
+
+
+def study_differences() -> None:
+    """The study's logit − other head differences whose 95% interval excludes zero; heads whose
+    differences are identical (they trained alike) share a row."""
+    import pandas as pd
+
+    from logitlab.report.study import DIFF_METRICS, _diff_cell
+
+    table = pd.read_csv(STUDY)
+    excluded = table[[f"{m}_excludes_0" for m in DIFF_METRICS]].any(axis=1)
+    lines = ["| dataset | precision | lr | other head | " + " | ".join(f"Δ {m.replace('_f64', ' (float64)').replace('_', ' ')}"
+                                                                    for m in DIFF_METRICS) + " |",
+             "|" + "---|" * (4 + len(DIFF_METRICS))]
+    key = ["dataset", "precision", "lr", *(f"{m}_{part}" for m in DIFF_METRICS for part in ("diff", "ci95"))]
+    for _, group in table[excluded].groupby(key, sort=True, dropna=False):
+        first = group.iloc[0]
+        cells = [re.sub(r"^(\*\*)?-", "\\1−", _diff_cell(first[f"{m}_diff"], first[f"{m}_ci95"],
+                                                          first[f"{m}_excludes_0"])) for m in DIFF_METRICS]
+        lines.append(f"| {first.dataset} | {first.precision} | {first.lr:g} | {', '.join(group.other)} | "
+                     + " | ".join(cells) + " |")
+    _out("\n".join(lines))
+
+
+def bench_table() -> None:
+    """benchmarks/results.json as `python benchmarks/bench.py --markdown` prints it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _out(bench.markdown(json.loads(bench.RESULTS.read_text())))
 
 
 def _load() -> dict[str, Any]:

@@ -90,7 +90,7 @@ def draw_run_figure(path: Path, outputs: np.ndarray, probs: np.ndarray, labels: 
 # picture per job in one process. Each draw empties the axes of the last run's artists first.
 _FIGURES: dict[int, tuple[Any, list[Any]]] = {}
 _FIGURES_LOCK = threading.Lock()
-_SCALES = (("linear", "log"), ("log", "log"), ("log", "log"), ("linear", "log"))  # x, y: the panels in order
+_SCALES = (("linear", "log"), ("log", "log"), ("log", "log"), ("linear", "linear"))  # x, y: the panels in order
 
 
 def _blank_figure(panels: int) -> tuple[Any, list[Any]]:
