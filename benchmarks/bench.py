@@ -23,7 +23,9 @@ ranges overlap, the row says "no difference", whatever its ratio.
   start and exit against the sum of the jobs' training times, and where the rest goes; then, from
   the same sweep, each job's time (its run, opened to closed, and the wait before the next) around
   job 10 (jobs 6-15) against the last ten (91-100), and the process's resident memory after job 10
-  and after job 100 (each run's rss_mb).
+  and after job 100 (each run's rss_mb). Then the same jobs as a user writes them without logitlab
+  (benchmarks/autolog_loop.py: Keras fit and evaluate in a loop with mlflow.keras.autolog, models not
+  logged) against the sweep's wall clock, process start and exit included on both sides.
 - Pipeline (`--only pipeline`, make bench-pipeline): `dvc repro` from nothing (the data fetched) in a
   copy of the project against the same in a copy of PIPELINE_BASELINE, then the no-op repro; and
   `make repro JOBS=2` (logitlab.stages.parallel, stages side by side) from nothing in another copy, against
@@ -533,7 +535,24 @@ def sweep(store: Path) -> list[dict[str, Any]]:
                   target=f"wall <= {SWEEP_TARGET}x the jobs' training")
     row["verdict"] = None  # one process against its own jobs' training: no contest
     row["met"] = row["wall_over_training"] <= SWEEP_TARGET and row["processes"] == 1
-    return [row, load(jobs)]
+    return [row, load(jobs), autolog_loop(store, wall, len(jobs))]
+
+
+def autolog_loop(store: Path, sweep_wall_s: float, jobs: int) -> dict[str, Any]:
+    """The same jobs as a user writes them without logitlab (benchmarks/autolog_loop.py: a loop over
+    Keras fit and evaluate with mlflow.keras.autolog(log_models=False)), process start to exit,
+    against the sweep's wall clock. One trial each, as the sweep's."""
+    log(f"sweep baseline: {jobs} jobs in a plain Keras loop with mlflow.keras.autolog ...")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "autolog_loop.py"), "--jobs", str(jobs),
+           "--store", f"sqlite:///{store / 'autolog.db'}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"the autolog loop failed:\n{proc.stderr[-3000:]}")
+    return compare(f"sweep: the {jobs} blobs jobs, logitlab's sweep (it also logs each model, its datasets and "
+                  "numerics) against a plain Keras loop with mlflow.keras.autolog(log_models=False)",
+                  [sweep_wall_s], [seconds], jobs=jobs)
 
 
 def load(jobs: list[Any]) -> dict[str, Any]:

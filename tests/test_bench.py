@@ -117,3 +117,32 @@ def test_the_pictures_part_times_both_figures_at_both_sizes(bench):
     for row in rows:
         assert 0 < row["logitlab_min_s"] <= row["logitlab_s"] <= row["logitlab_max_s"] and row["baseline_s"] > 0
         assert row["met"] == (row["logitlab_s"] <= bench.RUN_FIGURE_TARGET_S)
+
+
+def test_the_sweeps_baseline_loop_logs_a_run_per_job_with_autolog(tmp_path):
+    """benchmarks/autolog_loop.py, small: a run per seed with autolog's params and per-epoch metrics
+    and the test metrics, and no model."""
+    import subprocess
+
+    import mlflow
+    import numpy as np
+
+    from helpers import PYTHON, subprocess_env
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "blobs.npz"
+    np.savez(data, x_train=rng.normal(size=(60, 2)).astype(np.float32), y_train=rng.integers(0, 4, 60),
+             x_test=rng.normal(size=(20, 2)).astype(np.float32), y_test=rng.integers(0, 4, 20))
+    uri = f"sqlite:///{tmp_path / 'loop.db'}"
+    subprocess.run([PYTHON, str(ROOT / "benchmarks" / "autolog_loop.py"), "--jobs", "2", "--epochs", "2",
+                    "--data", str(data), "--store", uri], check=True, env=subprocess_env(), timeout=300,
+                   cwd=tmp_path)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("autolog-loop")
+    found = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in found) == ["seed-0", "seed-1"]
+    for r in found:
+        assert {"epochs", "batch_size"} <= set(r.data.params), "autolog's params"
+        assert {"loss", "val_loss", "test_loss", "test_accuracy"} <= set(r.data.metrics)
+        assert len(client.get_metric_history(r.info.run_id, "loss")) == 2, "one point per epoch"
+        assert not client.search_logged_models([experiment.experiment_id]), "models not logged"
