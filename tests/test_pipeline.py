@@ -307,8 +307,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_pipeline):
             (f"{r.data.tags['dataset']}-{split}", md5) for split in ("test", "train")), r.info.run_name
     aliases = {m.name: set(m.aliases) for m in client.search_registered_models()}
     assert aliases == {"logitlab-mnist-25-15-relu": {"softmax", "logit", "champion"},
-                       "logitlab-blobs-25-15-relu": {"softmax", "logit", "champion"},
-                       "logitlab-blobs-784-256-relu": {"logit_gradient_tape", "champion"},  # the notebook's network
+                       "logitlab-blobs-25-15-relu": {"softmax", "logit", "logit_gradient_tape", "champion"},
                        "logitlab-mnist-binary-25-15-relu": {"logit", "champion"},
                        "logitlab-blobs-binary-25-15-relu": {"logit", "champion"}}
     versions = sorted((v.name, v.version) for v in client.search_model_versions())

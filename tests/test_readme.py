@@ -166,3 +166,13 @@ def test_readme_block(example, readme_project):
     project, env, logs = readme_project
     example.document.namespace.update(project=project, env=env, logs=logs)
     example.evaluate()
+
+
+@pytest.mark.slow
+def test_the_readme_commands_leave_no_untracked_file(readme_project):
+    """After every block above ran in the copy (this test runs after them): whatever they wrote,
+    git ignores it; a tracked file they change (dvc.lock, .dvc/config) is a change, not a stray."""
+    project, _, _ = readme_project
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project,
+                            capture_output=True, text=True, check=True).stdout
+    assert [line for line in status.splitlines() if line.startswith("??")] == []
