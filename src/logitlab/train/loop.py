@@ -18,6 +18,7 @@ import numpy as np
 from logitlab.data.preprocess import labels_in_range, task_labels
 from logitlab.errors import Diverged, check_interrupted
 from logitlab.model.build import build_model, compile_model
+from logitlab.model.compiled import reuse
 from logitlab.model.heads import Head
 from logitlab.schema import Config
 from logitlab.train import fast_fit
@@ -128,7 +129,9 @@ _gc_frozen = False
 
 def prepare(cfg: Config, head: Head, data: Mapping[str, np.ndarray]) -> tuple[keras.Model, np.ndarray, np.ndarray]:
     """The compiled model of `cfg` with `head`, seeded, and its training examples and labels for `cfg.task`
-    (`data`: a processed file, or `splits` of one)."""
+    (`data`: a processed file, or `splits` of one). The model is built afresh from the seed; an earlier
+    job's model of the same shape, with its traced graph functions, takes its weights and initial
+    optimizer state and is returned instead (logitlab.model.compiled.reuse): the same floats, no retrace."""
     x, labels = data["x_train"], data["y_train"]
     labels_in_range(labels, cfg)
     y = task_labels(labels, cfg.task, cfg.ds.binary.positive_class)
@@ -139,4 +142,4 @@ def prepare(cfg: Config, head: Head, data: Mapping[str, np.ndarray]) -> tuple[ke
     model = build_model(x.shape[1], cfg.ds.num_classes, cfg.model.layers, head, cfg.model.activation, cfg.task,
                         precision)
     compile_model(model, head, cfg.optimizer.lr, cfg.trainer.steps_per_execution, cfg.task, precision)
-    return model, x, y
+    return reuse(model), x, y
