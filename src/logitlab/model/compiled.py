@@ -35,7 +35,9 @@ cache keeps the CACHE_SIZE models used last: an evicted model and its graphs are
 job's garbage collection, so memory stays flat over a sweep. It does not fight the trainers' cleanup
 (logitlab.train.loop drops TensorFlow's registered custom gradients before each job): those are
 needed only to differentiate a traced graph again, and a cached train step is called, never
-differentiated.
+differentiated. The trainers' `prepare` keeps TensorFlow's eager caches through Keras's
+clear_session and the job's seeding, which would otherwise make every reused function be
+instantiated again at its first call of each job (logitlab.train.loop._keeping_tensorflow_caches).
 """
 
 from __future__ import annotations
