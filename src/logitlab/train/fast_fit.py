@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from logitlab.model.compiled import graph, results, test_function
+from logitlab.model.compiled import graph, results, test_function, traced
 
 # XLA compiles each step into one cluster: worth it once a step's arithmetic outweighs the cluster's
 # launch cost. Measured (the lever rows of an earlier benchmark): 784-256-10 at batch 64 (235 MFLOP
@@ -67,13 +67,19 @@ def training_examples(n: int, validation_split: float) -> int:
     return int(math.floor(n * (1.0 - validation_split)))
 
 
-def _train_function(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch: int, jit_compile: bool):
-    """`train(order, first, last)`: steps first..last-1 of an epoch, step i on the examples
-    order[i*batch:(i+1)*batch] of (x, y) (the last step on what is left), in one graph call."""
+def train_function(model: keras.Model, batch: int, jit_compile: bool):
+    """`train(x, y, order, first, last)`: steps first..last-1 of an epoch, step i on the examples
+    order[i*batch:(i+1)*batch] of (x, y) (the last step on what is left), in one graph call. Traced
+    once per model that the jobs of a process share (logitlab.model.compiled.traced): the data is an
+    argument, not captured, so the next job's data uses the same trace."""
+    return traced(model, ("fit", batch, bool(jit_compile)), lambda: _train_function(model, batch, jit_compile))
+
+
+def _train_function(model: keras.Model, batch: int, jit_compile: bool):
     train_step = graph(lambda xb, yb: model.train_step((xb, yb)), jit_compile)
 
     @graph
-    def train(order: tf.Tensor, first: tf.Tensor, last: tf.Tensor) -> None:
+    def train(x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, first: tf.Tensor, last: tf.Tensor) -> None:
         for i in tf.range(first, last):
             index = order[i * batch:(i + 1) * batch]
             train_step(tf.gather(x, index), tf.gather(y, index))
@@ -115,7 +121,7 @@ def fit(
     y_val = tf.constant(y[n_train:]) if n_val else None
     steps = math.ceil(n_train / batch_size)
     jit = jit_enabled(jit_compile, model, batch_size)
-    train, test = _train_function(model, x_train, y_train, batch_size, jit), test_function(model, batch_size, jit)
+    train, test = train_function(model, batch_size, jit), test_function(model, batch_size, jit)
     if not model.optimizer.built:  # its variables exist before any graph is traced
         model.optimizer.build(model.trainable_variables)
 
@@ -133,7 +139,7 @@ def fit(
         for first in range(0, steps, steps_per_execution):
             last = min(first + steps_per_execution, steps)
             callback_list.on_train_batch_begin(first)
-            train(order, tf.constant(first), tf.constant(last))
+            train(x_train, y_train, order, tf.constant(first), tf.constant(last))
             callback_list.on_train_batch_end(last - 1, results(model) if verbose == 1 else None)
             if model.stop_training:
                 break

@@ -4,6 +4,7 @@ apply_gradients, a running accuracy; it also logs `step_loss` and `step_accuracy
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from logitlab.errors import check_interrupted
-from logitlab.model.compiled import evaluator
+from logitlab.model.compiled import evaluator, traced
 from logitlab.model.heads import Head
 from logitlab.schema import Config
 from logitlab.train.fast_fit import training_examples
@@ -51,31 +52,10 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
         .batch(cfg.batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    loss_fn, optimizer = model.loss, model.optimizer
     accuracy = head.accuracy(str(cfg.task))
-    mean_loss = keras.metrics.Mean()
-
-    @tf.function
-    def train_step(xb, yb):
-        with tf.GradientTape() as tape:
-            out = model(xb, training=True)
-            loss = loss_fn(yb, out)
-            scaled = optimizer.scale_loss(loss)  # as Keras's train_step: the loss scale of mixed_float16
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        accuracy.update_state(yb, out)
-        mean_loss.update_state(loss, sample_weight=tf.shape(xb)[0])  # weighted by batch size, as fit does
-        return loss
-
-    @tf.function
-    def train_steps(batches, n):
-        """The next `n` steps, in one graph call: the same batches and steps as the notebook's Python
-        loop, without a trip to Python per step. Returns the last step's loss."""
-        loss = tf.constant(0.0)
-        for _ in tf.range(n):
-            xb, yb = next(batches)
-            loss = tf.cast(train_step(xb, yb), tf.float32)
-        return loss
+    train_steps, accuracy, mean_loss = traced(
+        model, ("gradient_tape", json.dumps(accuracy.get_config(), sort_keys=True)),
+        lambda: _train_steps(model, accuracy))
 
     validate = evaluator(model, cfg.batch_size)
     x_val, y_val = tf.constant(x[n_train:]), tf.constant(y[n_train:])
@@ -121,3 +101,35 @@ def fit_gradient_tape(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Con
             log.info("epoch %d/%d %.1fs %s", epoch + 1, trainer.epochs, time.perf_counter() - start,
                      " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
     return history
+
+
+def _train_steps(model: keras.Model, accuracy: keras.metrics.Metric):
+    """`train_steps(batches, n)`: the notebook's next `n` steps on `model` in one graph call, and the
+    epoch's running `accuracy` and mean loss it updates. Traced once per model that the jobs of a
+    process share (logitlab.model.compiled.traced): the batches are an argument."""
+    loss_fn, optimizer = model.loss, model.optimizer
+    mean_loss = keras.metrics.Mean()
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            out = model(xb, training=True)
+            loss = loss_fn(yb, out)
+            scaled = optimizer.scale_loss(loss)  # as Keras's train_step: the loss scale of mixed_float16
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        accuracy.update_state(yb, out)
+        mean_loss.update_state(loss, sample_weight=tf.shape(xb)[0])  # weighted by batch size, as fit does
+        return loss
+
+    @tf.function
+    def train_steps(batches, n):
+        """The next `n` steps, in one graph call: the same batches and steps as the notebook's Python
+        loop, without a trip to Python per step. Returns the last step's loss."""
+        loss = tf.constant(0.0)
+        for _ in tf.range(n):
+            xb, yb = next(batches)
+            loss = tf.cast(train_step(xb, yb), tf.float32)
+        return loss
+
+    return train_steps, accuracy, mean_loss
