@@ -46,7 +46,7 @@ test: $(STAMP)
 test-fast: $(STAMP)  ## everything but the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: $(STAMP)  ## benchmarks/bench.py: training, tracking and a sweep against their baselines (~11 min)
+bench: $(STAMP)  ## benchmarks/bench.py: training, tracking, pictures and a sweep against their baselines (~18 min)
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py
 

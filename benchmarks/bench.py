@@ -749,7 +749,7 @@ def details(rows: list[dict[str, Any]], peaks: dict[str, float]) -> str:
             lines.append(line)
         elif name.startswith("tracking"):
             lines.append(f"{name}: {r['overhead_fraction']:+.1%}")
-        elif name.startswith("sweep"):
+        elif name.startswith("sweep") and "wall_over_training" in r:
             lines.append(f"{name}: {r['wall_over_training']:.2f}x the training; per job (medians): training "
                          f"{r['training_per_job_s']:.2f} s, the rest of its run {r['in_run_overhead_per_job_s']:.2f} s "
                          f"(evaluation, files, datasets, the model, opening and closing the run), between runs "
