@@ -279,7 +279,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_pipeline):
     assert len(summary) == 1 + len(VARIANTS)
     plots = json.loads(run([dvc, "plots", "show", "--json"], project, env).stdout)
     assert "report/plots/digits_mnist.png" in plots["data"], sorted(plots["data"])
-    drawn = {point["filename"] for plot_id, shown in plots["data"].items() if plot_id.startswith("loss_")
+    drawn = {Path(point["filename"]).name for plot_id, shown in plots["data"].items() if plot_id.startswith("loss_")
              for point in shown[0]["content"]["data"]["values"]}
     assert drawn == {f"{v}.tsv" for v in VARIANTS}, "every variant's epochs are a line of a loss plot"
 

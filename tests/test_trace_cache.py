@@ -107,6 +107,7 @@ def differences(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> 
             or not np.array_equal(got[key], expected[key], equal_nan=expected[key].dtype.kind in "fc")]
 
 
+@pytest.mark.slow  # eleven reference jobs, each in a fresh process
 def test_jobs_reusing_traced_functions_are_bit_identical_to_jobs_run_alone(tmp_path):
     from logitlab.model import compiled
 
