@@ -119,6 +119,7 @@ def test_the_pictures_part_times_both_figures_at_both_sizes(bench):
         assert row["met"] == (row["logitlab_s"] <= bench.RUN_FIGURE_TARGET_S)
 
 
+@pytest.mark.slow  # the loop in a process of its own
 def test_the_sweeps_baseline_loop_logs_a_run_per_job_with_autolog(tmp_path):
     """benchmarks/autolog_loop.py, small: a run per seed with autolog's params and per-epoch metrics
     and the test metrics, and no model."""

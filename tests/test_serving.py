@@ -82,6 +82,7 @@ def test_every_head_serves_probabilities_and_the_class_and_keeps_its_raw_outputs
     np.testing.assert_allclose(np.asarray(keras_again(x, training=False)), raw, rtol=1e-6)
 
 
+@pytest.mark.slow  # a new Python process per head
 @pytest.mark.parametrize("task, name", [(t, n) for t, n in ALL_HEADS if head(n).detached])
 def test_a_detached_head_loads_in_a_new_process_that_imported_nothing_of_logitlab(store, x, tmp_path, task, name):
     """A strict head's Keras model holds logitlab's DetachLogits layer: MLflow's loader must register it
