@@ -27,7 +27,7 @@ import pytest
 from sybil import Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
-from helpers import PYTHON, ROOT, subprocess_env
+from helpers import PYTHON, ROOT, subprocess_env, wait_for_http
 
 README = ROOT / "README.md"
 DIRECTIVE = re.compile(r"<!-- (readme|extend): (.*?) -->\s*$")
@@ -39,17 +39,6 @@ def directive(example) -> tuple[str, str] | None:
     above = example.document.text[:example.start].rstrip("\n").rsplit("\n", 1)[-1]
     match = DIRECTIVE.search(above)
     return (match[1], match[2]) if match else None
-
-
-def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} before answering {url}:\n{log.read_text()[-3000:]}")
-        if answers(url):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"no answer from {url} in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def answers(url: str) -> bool:
@@ -110,14 +99,14 @@ def evaluate(example) -> None:
         for n, command in enumerate(c for c in source.splitlines() if c.strip() and not c.startswith("#")):
             proc = started(command, project, env, logs / f"server-{example.line}-{n}.log")
             try:
-                wait_for(url, proc, logs / f"server-{example.line}-{n}.log")
+                wait_for_http(url, proc, logs / f"server-{example.line}-{n}.log")
             finally:
                 stop(proc, url)
     elif kind == "with-server":
         server, url = shlex.split(args)
         proc = started(server, project, env, logs / f"with-server-{example.line}.log")
         try:
-            wait_for(url, proc, logs / f"with-server-{example.line}.log")
+            wait_for_http(url, proc, logs / f"with-server-{example.line}.log")
             out = run_block(source, project, env, language)
             assert "predictions" in json.loads(out.stdout), out.stdout  # the scoring server's answer
         finally:

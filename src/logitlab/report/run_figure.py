@@ -11,8 +11,8 @@ outputs sit against Keras's clip band and the loss ceiling, with the count of te
 
 Drawn by the train stage after evaluation, with matplotlib's object API (no pyplot state). A process
 keeps its figure for its next run's picture, with the axes emptied, and draws few ticks and fixed
-label positions: under 0.1 s a picture after the first here (a new figure cost 0.16 s, most of it
-making axes and ticks); `python benchmarks/bench.py --only run_figure` measures it.
+label positions: ~1.35x faster than a new figure each run, most of whose cost is making axes and
+ticks; `python benchmarks/bench.py --only pictures` measures both.
 """
 
 from __future__ import annotations
