@@ -50,9 +50,9 @@ bench: $(STAMP)  ## benchmarks/bench.py: training, tracking, pictures and a swee
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py
 
-bench-pipeline: $(STAMP)  ## dvc repro from nothing against 8fc7770's and against make repro JOBS=2, and the no-op (~17 min)
+bench-pipeline: $(STAMP)  ## dvc repro from nothing: JOBS=1, JOBS=2 and 8fc7770's; the no-op; the study's subset against 996da51 (~30 min)
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
-	$(BIN)/python benchmarks/bench.py --only pipeline
+	$(BIN)/python benchmarks/bench.py --only pipeline study
 
 params: $(STAMP)  ## regenerate params.yaml from conf/ and dvc.yaml's history plots from params.yaml (a test fails while they disagree)
 	$(BIN)/python -m logitlab params
@@ -64,7 +64,7 @@ exps: $(STAMP)  ## dvc exp show in 100 columns, a row per variant x experiment (
 	$(BIN)/python -m logitlab exps $(if $(VARIANT),--variant '$(VARIANT)') $(if $(SORT),--sort-by $(SORT))
 
 # DVC rounds each value to --precision decimals with Python's round(), which returns a float unchanged
-# past 323 digits: every value as its metrics file stores it (prob_min 1.1e-27, not 5 decimals' 0.0).
+# past 323 digits: every value as its metrics file stores it (prob_min about 1e-27, not 5 decimals' 0.0).
 metrics: $(STAMP)  ## dvc metrics show, no value rounded: every field of every variant (wide: less -S, or make exps)
 	$(BIN)/dvc metrics show --precision 330
 

@@ -29,9 +29,12 @@ ranges overlap, the row says "no difference", whatever its ratio.
 - Pipeline (`--only pipeline`, make bench-pipeline): `dvc repro` from nothing (the data fetched) in a
   copy of the project against the same in a copy of PIPELINE_BASELINE, then the no-op repro; and
   `make repro JOBS=2` (logitlab.stages.parallel, stages side by side) from nothing in another copy, against
-  that serial `dvc repro` (`make repro JOBS=1`). One trial each: the repros from nothing take ~17
+  that serial `dvc repro` (`make repro JOBS=1`) and against PIPELINE_BASELINE's. One trial each: the repros from nothing take ~17
   minutes here, so they have a make target of their own and `make bench` (the other parts) stays
   within 15 minutes. The sweep is one trial too (~3.5 min).
+- Study (`--only study`, make bench-pipeline too): the numerics study cut to STUDY_SUBSET (45 runs on
+  the parallel launcher) in a copy of the project against the same in a copy of STUDY_BASELINE, two
+  trials each interleaved, and whether each run's test loss and accuracy are the same on both sides.
 
 Run it on an otherwise idle machine.
 """
@@ -86,9 +89,17 @@ LOAD_MEMORY_TARGET = 0.2    # resident memory after job 100 over after job 10, l
 # The pipeline before one stage per variant (train and evaluate in two processes, 35 stages).
 PIPELINE_BASELINE = "8fc7770"
 PIPELINE_TARGET = 2.0       # the baseline's repro from nothing over ours
+PARALLEL_BASELINE_TARGET = 3.0  # the baseline's repro from nothing over make repro JOBS=2's (issue #23)
 NOOP_REPRO_TARGET_S = 5.0
 PARALLEL_JOBS = 2           # make repro JOBS=2 against JOBS=1 (issue #23)
 RUN_FIGURE_TARGET_S = 0.1   # a run's picture after the sweep's first (issue #24)
+# The numerics study (conf/experiment/numerics_study.yaml) cut to one learning rate on blobs: 3 heads x
+# 3 precisions x 5 seeds, 45 runs on the parallel launcher as the README runs it, against the main
+# that took 27 minutes over its 540 runs (issue #23).
+STUDY_BASELINE = "996da51"
+STUDY_SUBSET = ("study=blobs", "optimizer.lr=0.01")
+STUDY_TARGET = 2.0          # the baseline's time over ours, at least
+STUDY_TRIALS = 2            # each side ~1-3 min a trial here
 PARALLEL_TARGET = 0.6       # JOBS=2's repro from nothing over JOBS=1's, at most
 
 
@@ -600,14 +611,14 @@ def _project_copy(dest: Path, rev: str | None) -> Path:
     return dest
 
 
-def _baseline_python(workdir: Path, project: Path) -> Path:
+def _baseline_python(workdir: Path, project: Path, name: str = "baseline-venv") -> Path:
     """A Python that imports the baseline's own logitlab (its src/) and this environment's other
     packages: a bare venv whose .pth lists both. This venv's editable install of today's logitlab is
     not on its path (its .pth files are not read there)."""
     import site
     import venv
 
-    env_dir = workdir / "baseline-venv"
+    env_dir = workdir / name
     venv.EnvBuilder(with_pip=False).create(env_dir)
     packages = next(Path(p) for p in site.getsitepackages() if p.endswith("site-packages"))
     site_dir = next(env_dir.glob("lib/python*/site-packages"))
@@ -647,10 +658,7 @@ def pipeline(workdir: Path, baseline: str | None) -> list[dict[str, Any]]:
                                              jobs=PARALLEL_JOBS)
     base_full = base_stages = None
     if baseline:
-        if subprocess.run(["git", "cat-file", "-e", f"{baseline}^{{commit}}"], cwd=ROOT,
-                          capture_output=True).returncode:
-            raise SystemExit(f"bench: error: commit {baseline} is not in this clone (git fetch it, or pick "
-                             f"another with --pipeline-baseline)")
+        _require_commit(baseline)
         base = _project_copy(workdir / "baseline", baseline)
         log(f"pipeline: the same at {baseline} ...")
         base_full, base_stages, _, _ = _repro(base, _baseline_python(workdir, base))
@@ -666,10 +674,72 @@ def pipeline(workdir: Path, baseline: str | None) -> list[dict[str, Any]]:
                        [side_by_side], [full], stages=side_stages, baseline_stages=stages,
                        target=f"JOBS={PARALLEL_JOBS} <= {PARALLEL_TARGET}x JOBS=1 (ratio >= {1 / PARALLEL_TARGET:.2f})")
     jobs_row["met"] = jobs_row["ratio"] >= 1 / PARALLEL_TARGET
+    rows = [row, jobs_row]
+    if baseline:
+        against = compare(f"pipeline: make repro from nothing (data fetched), JOBS={PARALLEL_JOBS} against {baseline}",
+                          [side_by_side], [base_full], stages=side_stages, baseline_stages=base_stages,
+                          target=f"ratio >= {PARALLEL_BASELINE_TARGET}")
+        against["met"] = against["ratio"] >= PARALLEL_BASELINE_TARGET
+        rows.append(against)
     noop_row = compare("pipeline: no-op dvc repro", [noop], None, stages_rerun=rerun,
                        target=f"<= {NOOP_REPRO_TARGET_S} s, nothing rerun")
     noop_row["met"] = noop <= NOOP_REPRO_TARGET_S and rerun == 0
-    return [row, jobs_row, noop_row]
+    return [*rows, noop_row]
+
+
+def study(workdir: Path, baseline: str, trials: int) -> list[dict[str, Any]]:
+    """The numerics study's subset (STUDY_SUBSET of experiment=numerics_study, hydra/launcher=parallel),
+    its wall clock process start to exit, in a copy of the project and in a copy of `baseline`, the
+    trials interleaved; each trial in a new sweep folder and store. Then the numbers: each run's
+    test loss and accuracy, paired by head, precision and seed across the two sides."""
+    import mlflow
+
+    _require_commit(baseline)
+    sides: dict[str, tuple[Path, dict[str, str]]] = {}
+    for side, rev in (("logitlab", None), ("baseline", baseline)):
+        project = _project_copy(workdir / f"study-{side}", rev)
+        python_bin = BIN if rev is None else _baseline_python(workdir, project, "study-baseline-venv")
+        env = dict(os.environ, PATH=f"{python_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        for cmd in (("dvc", "commit", "--force", "fetch@blobs"), ("dvc", "repro", "preprocess@blobs")):
+            subprocess.run([str(BIN / cmd[0]), *cmd[1:]], cwd=project, env=env, capture_output=True, check=True)
+        sides[side] = project, env
+    seconds: dict[str, list[float]] = {side: [] for side in sides}
+    for trial in range(trials):
+        for side, (project, env) in sides.items():
+            log(f"study: {' '.join(STUDY_SUBSET)}, trial {trial + 1} of {trials}, {side} ...")
+            cmd = ["python", "pipelines/train.py", "-m", "experiment=numerics_study", "hydra/launcher=parallel",
+                   *STUDY_SUBSET, f"hydra.sweep.dir={project / f'multirun-{trial}'}",
+                   f"tracking.uri=sqlite:///{project / f'study-{trial}.db'}"]
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+            seconds[side].append(time.perf_counter() - start)
+            if proc.returncode:
+                raise SystemExit(f"the study subset failed on the {side} side:\n{proc.stderr[-3000:]}")
+
+    def numbers(project: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+        client = mlflow.MlflowClient(f"sqlite:///{project / 'study-0.db'}")
+        experiment = client.get_experiment_by_name("numerics_study")
+        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", max_results=1000)
+        return {(r.data.params["model.head"], r.data.params["precision"], r.data.params["seed"]):
+                (r.data.metrics["test_loss"], r.data.metrics["test_accuracy"])
+                for r in runs if "test_loss" in r.data.metrics}
+
+    ours, theirs = numbers(sides["logitlab"][0]), numbers(sides["baseline"][0])
+    paired = sorted(set(ours) & set(theirs))
+    differ = [key for key in paired if ours[key] != theirs[key]]
+    row = compare(f"study: the numerics study's subset ({', '.join(STUDY_SUBSET)}: 3 heads x 3 precisions x 5 seeds, "
+                  f"hydra/launcher=parallel), against {baseline}", seconds["logitlab"], seconds["baseline"],
+                  runs=len(ours), baseline_runs=len(theirs), paired_runs=len(paired), runs_differing=len(differ),
+                  max_test_loss_difference=max((abs(ours[k][0] - theirs[k][0]) for k in paired), default=None),
+                  target=f"ratio >= {STUDY_TARGET}, the same numbers per seed")
+    row["met"] = row["ratio"] >= STUDY_TARGET and not differ and len(paired) == len(ours) == len(theirs) > 0
+    return [row]
+
+
+def _require_commit(rev: str) -> None:
+    if subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True).returncode:
+        raise SystemExit(f"bench: error: commit {rev} is not in this clone (git fetch it, or pick another)")
 
 
 def wall(cmd: list[str]) -> float:
@@ -770,8 +840,8 @@ def details(rows: list[dict[str, Any]], peaks: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-PARTS = ["training", "tracking", "pictures", "sweep", "pipeline"]
-DEFAULT_PARTS = ["training", "tracking", "pictures", "sweep"]  # make bench; `--only pipeline` is make bench-pipeline
+PARTS = ["training", "tracking", "pictures", "sweep", "pipeline", "study"]
+DEFAULT_PARTS = ["training", "tracking", "pictures", "sweep"]  # make bench; `--only pipeline study` is make bench-pipeline
 
 
 def cpu_model() -> str:
@@ -846,6 +916,8 @@ def main() -> int:
                 new = pictures(args.trials)
             elif part == "sweep":
                 new = sweep(work)
+            elif part == "study":
+                new = study(work, STUDY_BASELINE, min(args.trials, STUDY_TRIALS))
             else:
                 new = pipeline(work, baseline)
             rows += [{"part": part, **row} for row in new]

@@ -147,7 +147,7 @@ def results_notes() -> None:
    {sigmoid.probs_sum_max_error:.1f}), and their honest loss is {sigmoid.test_loss_f64:.2f}, not the
    {sigmoid.test_loss:.3f} it trained on. Its accuracy trails the logit head's it trained exactly as
    ({sigmoid.test_accuracy:.4f} against {logit.test_accuracy:.4f}) by its argmax ties: {ties} test
-   digits with two classes at exactly 1.0, where argmax takes the first.""")
+   digit{"" if ties == 1 else "s"} with two classes at exactly 1.0, where argmax takes the first.""")
 
 
 STUDY = ROOT / "docs" / "study" / "study.csv"   # the numerics study's differences (its report)
@@ -183,6 +183,17 @@ def bench_table() -> None:
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     _out(bench.markdown(json.loads(bench.RESULTS.read_text())))
+
+
+def exps_example() -> None:
+    """What `python -m logitlab exps --variant mnist-softmax --variant mnist-logit` prints in a fresh
+    clone on main: the workspace's metrics files are main's, formatted by the command's own table."""
+    from logitlab.stages.views import Row, table
+
+    rows = [Row(experiment, variant, json.loads((ROOT / "metrics" / f"{variant}.json").read_text()))
+            for variant in ("mnist-softmax", "mnist-logit") for experiment in ("workspace", "main")]
+    _out("\n".join(["```text", "$ python -m logitlab exps --variant mnist-softmax --variant mnist-logit",
+                    *table(rows), "```"]))
 
 
 def _load() -> dict[str, Any]:

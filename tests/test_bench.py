@@ -53,7 +53,7 @@ def test_rerunning_some_parts_keeps_the_others_rows(bench, tmp_path):
     out.write_text(json.dumps(first))
     again = bench.merged(out, ["pipeline"], [{"part": "pipeline", "name": "pipeline, against base"}], {"date": "2"})
     assert [r["name"] for r in again["results"]] == ["training", "tracking", "pictures", "sweep",
-                                                     "pipeline, against base"]
+                                                     "pipeline, against base", "study"]
     assert again["runs"]["training"] == {"date": "1"} and again["runs"]["pipeline"] == {"date": "2"}
     out.write_text("{not json")
     assert bench.merged(out, ["sweep"], [{"part": "sweep", "name": "s"}], {})["results"] == [{"part": "sweep", "name": "s"}]
