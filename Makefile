@@ -40,11 +40,16 @@ JOBS ?=
 repro: $(STAMP)  ## one `dvc --wait-for-lock repro -s STAGE` per stage, JOBS at a time (src/logitlab/stages/parallel.py)
 	$(BIN)/python -m logitlab.stages.parallel $(if $(JOBS),--jobs $(JOBS))
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+# pytest-xdist workers for make test and test-fast (auto: one per core; 0: none, one process), each
+# taking whole test files (--dist loadfile: a file's module fixtures and ordered tests stay together).
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+test: $(STAMP)  ## the whole suite (~24 min here on two workers)
+	$(PYTEST)
 
 test-fast: $(STAMP)  ## everything but the slow end-to-end runs
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)  ## benchmarks/bench.py: training, tracking, pictures and a sweep against their baselines (~18 min)
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs

@@ -13,6 +13,8 @@ os.environ.pop("LOGITLAB_MNIST_FILE", None)
 import threading  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 from helpers import ROOT  # noqa: E402
@@ -65,19 +67,38 @@ def http_server():
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory):
+def tiny_pipeline(tmp_path_factory, worker_id):
     """The small pipeline run once from nothing with a plain serial `dvc repro` (make repro JOBS=1),
     shared by the end-to-end tests: each copies the finished project (`shutil.copytree(..,
-    symlinks=True)`) instead of running its own. `base` is the same project before the run."""
+    symlinks=True)`) instead of running its own. `base` is the same project before the run.
+
+    `make test` runs pytest-xdist's workers, each with its own session: the first to ask builds the
+    pipeline in the run's shared temporary folder under a file lock (pytest-xdist's documented
+    recipe for a session fixture made once), and the others wait for it and read its record."""
+    import json
     import shutil
+    import subprocess
     import sys
+
+    from filelock import FileLock
 
     from helpers import repro, tiny_project_from_nothing
 
-    tmp = tmp_path_factory.mktemp("tiny-pipeline")
-    base = tiny_project_from_nothing(tmp / "base", tmp)
-    serial = tmp / "serial"
-    shutil.copytree(base, serial, symlinks=True)
-    run, seconds = repro(serial, 1)
-    print(f"\nthe tiny pipeline from nothing, serial: {seconds:.1f} s", file=sys.stderr)
-    return {"base": base, "serial": serial, "serial_run": run, "serial_s": seconds}
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the folder all workers' base temps are in
+    tmp, record = shared / "tiny-pipeline", shared / "tiny-pipeline.json"
+    with FileLock(str(shared / "tiny-pipeline.lock")):
+        if not record.is_file():
+            shutil.rmtree(tmp, ignore_errors=True)  # what a worker that failed to build it left
+            tmp.mkdir()
+            base = tiny_project_from_nothing(tmp / "base", tmp)
+            serial = tmp / "serial"
+            shutil.copytree(base, serial, symlinks=True)
+            run, seconds = repro(serial, 1)
+            print(f"\nthe tiny pipeline from nothing, serial: {seconds:.1f} s", file=sys.stderr)
+            record.write_text(json.dumps({"base": str(base), "serial": str(serial), "serial_s": seconds,
+                                          "args": run.args, "stdout": run.stdout, "stderr": run.stderr}))
+    made = json.loads(record.read_text())
+    return {"base": Path(made["base"]), "serial": Path(made["serial"]), "serial_s": made["serial_s"],
+            "serial_run": subprocess.CompletedProcess(made["args"], 0, made["stdout"], made["stderr"])}

@@ -96,12 +96,14 @@ def test_the_run_is_opened_once_and_lasts_as_long_as_the_variant(trained):
 
 def test_the_run_records_the_memory_its_process_used(trained):
     """rss_mb and peak_rss_mb, in MiB: what a SLURM job's mem_gb must cover. The stage ran in this
-    process, whose high-water mark can only have risen since."""
+    process, whose high-water mark can only have risen since. Linux counts a process's resident pages
+    per thread and folds them in every 64 pages, so two readings of one high-water mark may differ by
+    a little: seen here, the run's VmHWM 0.16 MiB above a later getrusage (TensorFlow's threads)."""
     import resource
 
     metrics = trained.client.get_run(trained.run_id).data.metrics
     peak_now_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    assert 0 < metrics["rss_mb"] <= metrics["peak_rss_mb"] <= peak_now_mb
+    assert 0 < metrics["rss_mb"] <= metrics["peak_rss_mb"] <= peak_now_mb + 4
     assert metrics["peak_rss_mb"] > 0.5 * peak_now_mb, "MiB, not KiB or bytes"
 
 
