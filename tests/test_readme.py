@@ -132,7 +132,15 @@ def readme_project(tiny_pipeline, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("readme")
     project = tmp / "project"
     shutil.copytree(tiny_pipeline["serial"], project, symlinks=True)
-    (project / ".venv").symlink_to(Path(PYTHON).parent.parent, target_is_directory=True)
+    venv = Path(PYTHON).parent.parent
+    (project / ".venv").symlink_to(venv, target_is_directory=True)
+    # The environment was installed from these very files: `make` in the copy must see its set-up
+    # done, or it would `pip install -e` the copy into this environment, and every later test would
+    # import logitlab from a temporary folder (make compares the stamp with the copies' times).
+    stamp = venv / ".logitlab-installed"
+    if stamp.is_file():
+        for name in ("pyproject.toml", "requirements.lock"):
+            os.utime(project / name, (stamp.stat().st_mtime,) * 2)
     git = ["git", "-c", "user.name=logitlab-tests", "-c", "user.email=tests@logitlab.invalid"]
     subprocess.run([*git, "add", "-A"], cwd=project, check=True, capture_output=True)
     subprocess.run([*git, "commit", "-qm", "the finished pipeline"], cwd=project, check=True, capture_output=True)
@@ -165,3 +173,12 @@ def test_the_readme_commands_leave_no_untracked_file(readme_project):
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project,
                             capture_output=True, text=True, check=True).stdout
     assert [line for line in status.splitlines() if line.startswith("??")] == []
+
+
+@pytest.mark.slow
+def test_the_readme_commands_leave_this_environments_install_alone(readme_project):
+    """After every block above ran in the copy: `import logitlab` is still this project's src/, not
+    the copy's (a `make` there that reinstalled would point the shared environment at it)."""
+    where = subprocess.run([PYTHON, "-c", "import logitlab; print(logitlab.__file__)"], cwd="/",
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).resolve().is_relative_to((ROOT / "src").resolve()), where

@@ -17,6 +17,7 @@ from logitlab.model.build import forward
 from logitlab.model.heads import Head
 
 GRID_POINTS = 200  # per axis, for the decision regions of a dataset with two features
+GRID_BATCH = 8192  # the grid's points per call of the model
 
 
 @dataclass
@@ -47,7 +48,9 @@ def decision_grid(model: keras.Model, x: np.ndarray, task: str, head: Head, batc
     axes = [np.linspace(x[:, i].min() - 1, x[:, i].max() + 1, GRID_POINTS, dtype=np.float32) for i in (0, 1)]
     g0, g1 = np.meshgrid(*axes)
     points = np.c_[g0.ravel(), g1.ravel()]
-    classes = predicted_class(head.probabilities(forward(model, points, batch), task), task)
+    # In big batches: 40 eager calls of the evaluation batch size (1,024) take the 40,000 points
+    # 0.15 s here, 5 calls 0.03 s; only each point's predicted class is kept.
+    classes = predicted_class(head.probabilities(forward(model, points, max(batch, GRID_BATCH)), task), task)
     return {"grid_x0": axes[0], "grid_x1": axes[1], "grid_class": classes.reshape(g0.shape).astype(np.int16)}
 
 

@@ -171,7 +171,8 @@ def decide(cfg: Config, root: Path, job: Job) -> Plan | float:
     processed = require(cfg.path(root, "processed"), remake_processed(cfg.dataset))
     data = splits(load_processed(processed, cfg.dataset), cfg.trainer.train_on, cfg.evaluate.split)
     experiment_id = open_store(cfg.tracking, root, "the train stage")
-    key = config_hash(cfg)
+    params = run_params(cfg)  # flattened once for the params, the hash and the group
+    key = config_hash(cfg, params=params)
     if cfg.sweep.resume and (finished := finished_run(experiment_id, key)) is not None:
         if job.multirun:
             record_skip(job.sweep_dir, job.num, job.overrides, finished.info.run_id)
@@ -182,7 +183,7 @@ def decide(cfg: Config, root: Path, job: Job) -> Plan | float:
         log.warning("trainer.train_on=all trains on the test split too: its test metrics are not held out")
 
     tags = {**identity(cfg), "hydra.job.num": str(job.num), "hydra.overrides": redact_text(" ".join(job.overrides)),
-            CONFIG_HASH_TAG: key, GROUP_TAG: group_hash(cfg)}
+            CONFIG_HASH_TAG: key, GROUP_TAG: group_hash(cfg, params)}
     parent = None
     if job.multirun:
         sweep = read_sweep(job.sweep_dir) or {}
@@ -204,7 +205,7 @@ def decide(cfg: Config, root: Path, job: Job) -> Plan | float:
     sets = datasets(cfg.dataset, processed, data["x_train"], y, *eval_set(cfg, data), (trained_on, evaluated_on))
     return Plan(cfg, root, job, head, dataset.drawing(), processed, data, key,
                 run_name=f"{cfg.variant}-{job.num}" if job.multirun else cfg.variant, tags=tags, parent=parent,
-                params={k: redact_text(v) for k, v in run_params(cfg).items()},  # no password of a URI
+                params={k: redact_text(v) for k, v in params.items()},  # no password of a URI
                 sets=sets, checkpoint=checkpoint, saved=saved)
 
 
