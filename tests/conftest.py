@@ -12,7 +12,6 @@ os.environ.pop("LOGITLAB_MNIST_FILE", None)
 
 import threading  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

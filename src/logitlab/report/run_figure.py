@@ -14,9 +14,10 @@ keeps its figure and canvas for its next run's picture, with the axes emptied, a
 fixed label positions, no legend (the titles name the colours and the dashes) and histograms whose
 limits it sets itself; it renders text unhinted and writes the PNG at zlib's fastest level.
 `python benchmarks/bench.py --only pictures` measures a picture after the first against a new
-figure each run: on an AMD EPYC, 0.085 s against 0.156 s at MNIST's test size and 0.079 s against 0.141 s at blobs' (the target:
-0.1 s), 0.56-0.58x of this module's earlier kept figure with legends and hinted text, side by side.
-Most of what is left is FreeType rendering ~420 glyphs and matplotlib laying out ~45 texts.
+figure each run: on an AMD EPYC, 0.085 s against 0.156 s at MNIST's test size and 0.079 s against
+0.141 s at blobs' (the target: 0.1 s); 0.56-0.58x this module's earlier kept figure, which had
+legends and hinted text, side by side. Most of what is left is FreeType rendering ~420 glyphs and
+matplotlib laying out ~45 texts.
 """
 
 from __future__ import annotations
