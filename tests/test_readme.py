@@ -136,11 +136,12 @@ def readme_project(tiny_pipeline, tmp_path_factory):
     (project / ".venv").symlink_to(venv, target_is_directory=True)
     # The environment was installed from these very files: `make` in the copy must see its set-up
     # done, or it would `pip install -e` the copy into this environment, and every later test would
-    # import logitlab from a temporary folder (make compares the stamp with the copies' times).
+    # import logitlab from a temporary folder. make compares times to the nanosecond: in float
+    # seconds the copies came out 74 ns newer than the stamp, and make reinstalled.
     stamp = venv / ".logitlab-installed"
     if stamp.is_file():
         for name in ("pyproject.toml", "requirements.lock"):
-            os.utime(project / name, (stamp.stat().st_mtime,) * 2)
+            os.utime(project / name, ns=(stamp.stat().st_mtime_ns,) * 2)
     git = ["git", "-c", "user.name=logitlab-tests", "-c", "user.email=tests@logitlab.invalid"]
     subprocess.run([*git, "add", "-A"], cwd=project, check=True, capture_output=True)
     subprocess.run([*git, "commit", "-qm", "the finished pipeline"], cwd=project, check=True, capture_output=True)
