@@ -626,12 +626,19 @@ def _baseline_python(workdir: Path, project: Path, name: str = "baseline-venv") 
     return env_dir / "bin"
 
 
+def _stage_env(python_bin: Path) -> dict[str, str]:
+    """The environment a copy's commands run in: `python` from `python_bin` (what DVC stages call),
+    this environment's dvc next, and no inherited tracking URI (each copy records in its own store)."""
+    env = dict(os.environ, PATH=f"{python_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
 def _repro(project: Path, python_bin: Path, jobs: int = 1) -> tuple[float, int, float, int]:
     """`dvc repro` from nothing (the raw data counted as fetched), then a no-op one: (seconds, stages
     run) of each. Stages run `python` from `python_bin`. `jobs` > 1: `make repro JOBS=<jobs>` from
     nothing (python -m logitlab.stages.parallel) instead of `dvc repro`."""
-    env = dict(os.environ, PATH=f"{python_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = _stage_env(python_bin)
     dvc = str(BIN / "dvc")
 
     def run(*cmd: str) -> tuple[float, int]:
@@ -699,8 +706,7 @@ def study(workdir: Path, baseline: str, trials: int) -> list[dict[str, Any]]:
     for side, rev in (("logitlab", None), ("baseline", baseline)):
         project = _project_copy(workdir / f"study-{side}", rev)
         python_bin = BIN if rev is None else _baseline_python(workdir, project, "study-baseline-venv")
-        env = dict(os.environ, PATH=f"{python_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
-        env.pop("MLFLOW_TRACKING_URI", None)
+        env = _stage_env(python_bin)
         for cmd in (("dvc", "commit", "--force", "fetch@blobs"), ("dvc", "repro", "preprocess@blobs")):
             subprocess.run([str(BIN / cmd[0]), *cmd[1:]], cwd=project, env=env, capture_output=True, check=True)
         sides[side] = project, env

@@ -249,6 +249,13 @@ def tiny_project_from_nothing(dest: Path, tmp: Path) -> Path:
     return project
 
 
+def history_files_drawn(plots: dict, prefixes: tuple[str, ...] = ("loss_", "val_loss_")) -> set[str]:
+    """The history files whose points the history plots of `dvc plots show --json`'s `data` draw, by
+    file name (DVC gives a lone file its whole path, and several files their names)."""
+    return {Path(point["filename"]).name for plot_id, shown in plots.items() if plot_id.startswith(prefixes)
+            for point in shown[0]["content"]["data"]["values"]}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import (PYTHON, ROOT, app, keras_npz_bytes, mnist_arrays, run, sha256_bytes, subprocess_env, tiny_blobs)
+from helpers import (PYTHON, ROOT, app, history_files_drawn, keras_npz_bytes, mnist_arrays, run, sha256_bytes,
+                     subprocess_env, tiny_blobs)
 
 BIN = Path(PYTHON).parent
 TRAIN_STAGES = {f"train@{d}-{h}" for d in ("mnist", "blobs") for h in ("softmax", "logit")} | {
@@ -279,8 +280,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_pipeline):
     assert len(summary) == 1 + len(VARIANTS)
     plots = json.loads(run([dvc, "plots", "show", "--json"], project, env).stdout)
     assert "report/plots/digits_mnist.png" in plots["data"], sorted(plots["data"])
-    drawn = {Path(point["filename"]).name for plot_id, shown in plots["data"].items() if plot_id.startswith("loss_")
-             for point in shown[0]["content"]["data"]["values"]}
+    drawn = history_files_drawn(plots["data"], ("loss_",))
     assert drawn == {f"{v}.tsv" for v in VARIANTS}, "every variant's epochs are a line of a loss plot"
 
     shown = json.loads(run([dvc, "metrics", "show", "--json"], project, env).stdout)

@@ -20,6 +20,7 @@ from helpers import (
     PYTHON,
     TINY_PIPELINE,
     accepts,
+    history_files_drawn,
     copy_project,
     ensure_debian,
     free_port,
@@ -190,8 +191,7 @@ def test_pipeline_shared_through_an_ssh_remote_stands_alone(tmp_path, sshd):
     assert metrics_b == metrics_a, "the same metrics as where they were made"
     plots_b = json.loads(run([DVC, "plots", "show", "--json", "-o", str(tmp_path / "plots-b")], clone, env).stdout)
     history_plots = sorted(p for p in plots_b["data"] if p.startswith(("loss_", "val_loss_")))
-    drawn = {Path(point["filename"]).name for p in history_plots  # DVC gives a lone file its whole path
-             for point in plots_b["data"][p][0]["content"]["data"]["values"]}
+    drawn = history_files_drawn(plots_b["data"])
     assert drawn == {f"{v}.tsv" for v in variants()}, sorted(plots_b["data"])
     for p in history_plots:
         assert plots_b["data"][p] == plots_a["data"][p], p
