@@ -65,6 +65,19 @@ def http_server():
     server.close()
 
 
+@pytest.fixture
+def hydra_loader():
+    """Hydra's config loader over conf/, as a `train.py` app's (job name `train`) holds it."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from logitlab.schema import register
+
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3", job_name="train"):
+        yield GlobalHydra.instance().config_loader()
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory, worker_id):
     """The small pipeline run once from nothing with a plain serial `dvc repro` (make repro JOBS=1),

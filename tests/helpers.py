@@ -416,3 +416,10 @@ def probabilities(outputs, task, h):
 
 def class_probabilities(outputs, task, h):
     return _head(h).class_probabilities(outputs, task)
+
+
+def multirun(loader, *overrides):
+    """The config Hydra hands the callbacks, sweeper and launcher of `train.py -m <overrides>`."""
+    from hydra.types import RunMode
+
+    return loader.load_configuration("config", list(overrides), run_mode=RunMode.MULTIRUN)

@@ -168,6 +168,22 @@ def test_run_params_carry_only_the_chosen_dataset():
     assert not any(k.startswith("datasets.") for k in params)
 
 
+@pytest.mark.parametrize("overrides", [
+    [], ["dataset=blobs", "model.head=softmax", "precision=float64"],
+    ["dataset=blobs", "task=binary", "model.head=sigmoid_strict", "trainer=gradient_tape", "trainer.batch_size=16"],
+    ["precision=mixed_bfloat16", "optimizer.lr=1", "model.layers=[7]", "seed=3", "evaluate.split=train"],
+])
+def test_a_config_as_plain_data_is_what_omegaconf_makes_of_it(overrides):
+    """run_params and the config hash walk the loaded config themselves: the same values of the
+    same types as OmegaConf's own conversion (so hashes stay what they were), enums by name."""
+    from logitlab.schema.flat import plain
+
+    cfg = compose(ROOT, overrides)
+    theirs = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    assert repr(plain(cfg)) == repr(theirs)
+    assert flatten(cfg) == flatten(OmegaConf.create(theirs))
+
+
 def test_flatten_nests_with_dots():
     assert flatten(OmegaConf.create({"a": {"b": 1, "c": [1, 2]}, "d": None})) == {"a.b": "1", "a.c": "[1, 2]", "d": "null"}
 

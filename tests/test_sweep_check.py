@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import ROOT, app, subprocess_env, tiny_blobs
+from helpers import app, multirun, subprocess_env, tiny_blobs
 from logitlab.errors import UserError
 
 
@@ -53,44 +53,25 @@ def test_an_optuna_bound_the_schema_refuses_fails_before_the_study_starts(tmp_pa
 # --------------------------------------------------------------------------- in-process
 
 
-@pytest.fixture
-def loader():
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from logitlab.schema import register
-
-    register()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3", job_name="train"):
-        yield GlobalHydra.instance().config_loader()
-
-
-def multirun(loader, *overrides):
-    """The config Hydra hands the callbacks of `train.py -m <overrides>`."""
-    from hydra.types import RunMode
-
-    return loader.load_configuration("config", list(overrides), run_mode=RunMode.MULTIRUN)
-
-
 def plain(cfg):
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
-def test_each_checked_config_is_the_one_hydra_composes_for_the_job(loader):
+def test_each_checked_config_is_the_one_hydra_composes_for_the_job(hydra_loader):
     """Group choices (an experiment with its own sweeper params, trainer, model) and values swept
     together: every job's config equals Hydra's own composition of it, at one composition per
     choice of groups."""
     from logitlab.stages.sweep_check import JobConfigs, grid_jobs
 
-    cfg = multirun(loader, "experiment=blobs_softmax", "trainer=fit,gradient_tape", "model=mlp,mlp_784_256",
+    cfg = multirun(hydra_loader, "experiment=blobs_softmax", "trainer=fit,gradient_tape", "model=mlp,mlp_784_256",
                    "seed=0,3", "optimizer.lr=0.01", "trainer.epochs=2,5")
-    jobs, swept = grid_jobs(cfg, loader)
+    jobs, swept = grid_jobs(cfg, hydra_loader)
     # blobs_softmax sweeps model.head (softmax, logit) in hydra.sweeper.params, ahead of the command line
     assert len(jobs) == 2 * 2 * 2 * 2 * 2 and jobs[0][0] == "model.head=softmax" and jobs[1][0] == "model.head=softmax"
     assert swept == {"model.head", "trainer", "model", "seed", "trainer.epochs"}
-    configs = JobConfigs(cfg, loader)
+    configs = JobConfigs(cfg, hydra_loader)
     for job in jobs:
-        assert plain(configs.compose(job)) == plain(loader.load_sweep_config(cfg, job)), job
+        assert plain(configs.compose(job)) == plain(hydra_loader.load_sweep_config(cfg, job)), job
     assert len(configs.bases) == 4, "one composition per choice of trainer and model"
     composed = [plain(configs.compose(j)) for j in jobs]
     assert {(c["model"]["name"], c["trainer"]["name"]) for c in composed} == {
@@ -98,13 +79,13 @@ def test_each_checked_config_is_the_one_hydra_composes_for_the_job(loader):
     assert {c["model"]["layers"][0] for c in composed} == {25}, "the experiment's layers, as Hydra has them"
 
 
-def test_the_shipped_sweeps_pass_the_check(loader):
+def test_the_shipped_sweeps_pass_the_check(hydra_loader):
     from logitlab.stages.sweep_check import check_sweep
 
-    assert check_sweep(multirun(loader, "hydra/sweeper=lr_search", "dataset=blobs"), loader) == 2, "lr's two bounds"
-    assert check_sweep(multirun(loader, "experiment=blobs_softmax", "seed=0,1,2"), loader) == 6
-    assert check_sweep(multirun(loader, "task=binary", "model.head=sigmoid,logit,sigmoid_strict",
-                                "trainer=fit,gradient_tape"), loader) == 6
+    assert check_sweep(multirun(hydra_loader, "hydra/sweeper=lr_search", "dataset=blobs"), hydra_loader) == 2, "lr's two bounds"
+    assert check_sweep(multirun(hydra_loader, "experiment=blobs_softmax", "seed=0,1,2"), hydra_loader) == 6
+    assert check_sweep(multirun(hydra_loader, "task=binary", "model.head=sigmoid,logit,sigmoid_strict",
+                                "trainer=fit,gradient_tape"), hydra_loader) == 6
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -126,24 +107,24 @@ def test_the_shipped_sweeps_pass_the_check(loader):
     (["model.layers=[2,3],[2,x]"],
      "sweep job 1 (model.layers=[2,x]): model.layers[1]: Value 'x' of type 'str' could not be converted to Integer"),
 ])
-def test_what_the_check_refuses_and_lets_through(loader, overrides, message):
+def test_what_the_check_refuses_and_lets_through(hydra_loader, overrides, message):
     from logitlab.stages.sweep_check import check_sweep
 
-    cfg = multirun(loader, *overrides)
+    cfg = multirun(hydra_loader, *overrides)
     if message is None:
-        assert check_sweep(cfg, loader) > 0
+        assert check_sweep(cfg, hydra_loader) > 0
         return
     with pytest.raises(UserError) as refusal:
-        check_sweep(cfg, loader)
+        check_sweep(cfg, hydra_loader)
     assert str(refusal.value) == message
 
 
-def test_a_sweeper_the_check_does_not_know_is_left_alone(loader):
+def test_a_sweeper_the_check_does_not_know_is_left_alone(hydra_loader):
     from omegaconf import open_dict
 
     from logitlab.stages.sweep_check import check_sweep
 
-    cfg = multirun(loader, "dataset=blobs,mnst")
+    cfg = multirun(hydra_loader, "dataset=blobs,mnst")
     with open_dict(cfg):
         cfg.hydra.sweeper._target_ = "somewhere.OtherSweeper"
-    assert check_sweep(cfg, loader) == 0
+    assert check_sweep(cfg, hydra_loader) == 0

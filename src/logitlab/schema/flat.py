@@ -3,7 +3,9 @@ jobs train the same thing (`config_hash`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from enum import Enum
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +18,7 @@ def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
     elif not isinstance(node, dict):
-        node = OmegaConf.to_container(OmegaConf.structured(node), resolve=True, enum_to_str=True)
+        node = plain(node)
     flat: dict[str, str] = {}
     for key, value in node.items():
         name = f"{prefix}{key}"
@@ -29,10 +31,26 @@ def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def plain(value: Any) -> Any:
+    """A loaded config (`Config`, or any part of it) as plain data: what
+    `OmegaConf.to_container(OmegaConf.structured(value), resolve=True, enum_to_str=True)` gives for
+    it (tests/test_schema.py compares the two), in ~0.1 ms instead of ~20: `load` has typed and
+    resolved every value already, so the fields are walked as they are."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
 def run_params(cfg: Config) -> dict[str, str]:
     """The resolved config of one job as MLflow params, the chosen dataset's settings under `dataset.`
     and the chosen head's under `model.head_spec.` (the other datasets and heads left out)."""
-    node = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    node = plain(cfg)
     node["dataset"] = node.pop("datasets")[cfg.dataset]
     node["model"]["head_spec"] = node.pop("heads")[cfg.model.head]
     return flatten(node)
@@ -47,7 +65,7 @@ def config_hash(cfg: Config, leave_out: tuple[str, ...] = (), params: dict[str, 
     """A hash of the resolved config of one job but NOT_HASHED (Hydra's own settings are not in it):
     two jobs with the same hash train the same thing. Tagged on every run
     (`logitlab.config_hash`); a checkpoint resumes only the config it was saved for. `params`: the
-    job's `run_params(cfg)`, when the caller has them (flattening a config is ~30 ms of a job)."""
+    job's `run_params(cfg)`, when the caller has them."""
     import hashlib
 
     params = run_params(cfg) if params is None else params
