@@ -16,7 +16,8 @@ ranges overlap, the row says "no difference", whatever its ratio.
   profiler), as fractions of two peaks measured here: a 2048x2048 float32 matmul, and the 784-256
   model's own matmul shapes (forward and backward, batch 64) in a tight graph loop, the attainable
   roofline.
-- Tracking: a train job with its MLflow run against the same job without it; logging the model.
+- Tracking: a train job with its MLflow run against the same job without it (both draw the run's
+  picture: evaluation output), the seconds added and the fraction; logging the model.
 - Pictures: a run's outputs.png as a sweep's jobs draw it, on the figure the process keeps against
   a new figure each run, at MNIST's and blobs' test sizes.
 - Sweep and load: 100 blobs jobs in one process (Hydra's basic launcher): the time a job, from the
@@ -78,10 +79,11 @@ BIG_MODEL = [784, 256]
 SMALL_MODEL_RATIO = 1.5     # small models: at least this much faster than tuned Keras fit
 BIG_MODEL_PEAK = 0.75       # 784-256: at least this fraction of the attainable peak
 ACCURACY_POINTS = 0.5       # test accuracy below tuned Keras fit's allowed, in percentage points
-TRACKING = [  # (name, overrides, the largest overhead allowed, as a fraction of the untracked job)
-    ("blobs 25-15-4, 10 epochs", ["dataset=blobs"], 0.05),
+TRACKING = [  # (name, overrides, the largest overhead allowed as a fraction of the untracked job, or None)
+    ("blobs 25-15-4, 10 epochs", ["dataset=blobs"], None),
     ("mnist 25-15-10, batch 64, 10 epochs", ["dataset=mnist"], 0.03),
 ]
+TRACKING_ADDED_S = 0.1      # what tracking adds to any run, at most (issue #23)
 MODEL_LOGGING_TARGET = 0.05  # logging a variant's MLflow model, as a fraction of its tracked run (issue #11)
 MODEL_LOGGING_TRIALS = 7
 SWEEP_JOBS = 100
@@ -402,13 +404,15 @@ def training(peaks: dict[str, float], trials: int) -> list[dict[str, Any]]:
 
 
 def tracking_overhead(store: Path, trials: int) -> list[dict[str, Any]]:
-    """The same train job (data, model, fit, evaluation, the variant's files) with and without its
-    MLflow run; the store exists beforehand, as it does after a project's first run."""
+    """The same train job (data, model, fit, evaluation, the variant's files and picture) with and
+    without its MLflow run; the store exists beforehand, as it does after a project's first run. The
+    picture is evaluation output, drawn on both sides (issue #23)."""
     from logitlab.data.dataset import dataset_of
     from logitlab.data.preprocess import load_processed, splits, task_labels
     from logitlab.evaluate.metrics import evaluate
     from logitlab.model.heads import head_of
     from logitlab.evaluate.printout import write_printout
+    from logitlab.report.run_figure import FIGURE_FILE, draw_run_figure
     from logitlab.stages.job import Job
     from logitlab.tracking.runs import open_store
     from logitlab.stages.train import Files, train, trainer_for, write_outputs
@@ -434,6 +438,8 @@ def tracking_overhead(store: Path, trials: int) -> list[dict[str, Any]]:
             files = Files.of(cfg, ROOT, job_dir)
             write_outputs(files, model, history, result, {"examples": result.examples})
             write_printout(files.model_dir, result, data["x_eval"], cfg, head, steps, dataset_of(cfg).drawing())
+            draw_run_figure(files.model_dir / FIGURE_FILE, result.outputs, result.probabilities, result.labels,
+                            str(cfg.task), head.from_logits, f"{cfg.variant}: {head.name} head", history)
             return time.perf_counter() - start
 
         def tracked() -> float:
@@ -443,10 +449,12 @@ def tracking_overhead(store: Path, trials: int) -> list[dict[str, Any]]:
 
         log(f"tracking overhead: {name}: {trials} rounds after a warm-up ...")
         samples = interleaved({"tracked": tracked, "untracked": untracked}, trials)
+        limits = [f"<= {TRACKING_ADDED_S} s added"] + ([f"<= {target:.0%}"] if target is not None else [])
         row = compare(f"tracking overhead: {name}, against the same job untracked", samples["tracked"],
-                      samples["untracked"], target=f"overhead <= {target:.0%}")
+                      samples["untracked"], target=", ".join(limits))
         row["overhead_fraction"] = row["logitlab_s"] / row["baseline_s"] - 1
-        row["met"] = row["overhead_fraction"] <= target
+        row["added_s"] = row["logitlab_s"] - row["baseline_s"]
+        row["met"] = row["added_s"] <= TRACKING_ADDED_S and (target is None or row["overhead_fraction"] <= target)
         rows.append(row)
         if cfg.dataset == "mnist":
             mnist_run = row["logitlab_s"]
@@ -807,7 +815,7 @@ def markdown(results: dict[str, Any]) -> str:
     for r in results["results"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         if "overhead_fraction" in r:
-            ratio = f"{r['overhead_fraction']:+.1%}"
+            ratio = f"{r['overhead_fraction']:+.1%}" + (f", {r['added_s']:+.3f} s" if "added_s" in r else "")
         elif "wall_over_training" in r:
             ratio = f"{r['wall_over_training']:.2f}x the training" + (
                 f"; {r['per_job_s']:.2f} s a job" if "per_job_s" in r else "")

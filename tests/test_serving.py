@@ -97,6 +97,28 @@ def test_a_detached_head_loads_in_a_new_process_that_imported_nothing_of_logitla
     assert proc.stdout.strip().splitlines()[-1] == str((len(x), (2 if task == "binary" else 5) + 1))
 
 
+def test_a_model_logged_from_its_saved_file_is_that_file_and_serves_as_the_model(store, x, tmp_path):
+    """The train stage logs the .keras file it has just written (`saved=`) instead of saving the
+    model again: the logged model's file is that file, byte for byte, and it loads and serves."""
+    import keras
+    import mlflow
+
+    from logitlab.serving.pyfunc import log_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(x.shape[1], 5, [16], "softmax_strict", task="multiclass")  # a custom layer inside
+    model.save(tmp_path / "model.keras")
+    with mlflow.start_run():
+        info = log_model(model, name="from-file", task="multiclass", head=head("softmax_strict"), n_classes=5,
+                         example=x, tags={}, step=0, saved=tmp_path / "model.keras")
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    assert (local / "data" / "model.keras").read_bytes() == (tmp_path / "model.keras").read_bytes()
+    raw = np.asarray(model(x, training=False))
+    np.testing.assert_array_equal(np.asarray(mlflow.keras.load_model(info.model_uri)(x, training=False)), raw)
+    served = mlflow.pyfunc.load_model(info.model_uri).predict(x)
+    np.testing.assert_allclose(served[[f"prob_{i}" for i in range(5)]].to_numpy(), raw, rtol=1e-6)
+
+
 def test_a_logit_head_serves_where_a_naive_softmax_overflows(store, x):
     import mlflow
 

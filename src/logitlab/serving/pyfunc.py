@@ -81,10 +81,28 @@ def requirements() -> list[str]:
 # --------------------------------------------------------------------------- the flavor module
 
 
+class SavedKerasFile:
+    """A `.keras` file already written, standing in for its model where mlflow.keras.save_model asks
+    the model to save itself (`model.save(path)`, all it asks of it): the file is copied, not the
+    model serialized again, and the logged model is the stage's own file, byte for byte."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    def save(self, filepath: str, **kwargs: Any) -> None:
+        import shutil
+
+        if not filepath.endswith(".keras") or kwargs:  # an export, or options the file was not saved with
+            raise TypeError(f"SavedKerasFile copies a .keras file as it is; cannot save {filepath!r} with {kwargs}")
+        shutil.copyfile(self.path, filepath)
+
+
 def save_model(model: Any, path: str, mlflow_model: Any = None, *, task: str, head: Head,
-               validate_serving_input: bool = True, **keras_kwargs: Any) -> None:
+               validate_serving_input: bool = True, saved: str | os.PathLike[str] | None = None,
+               **keras_kwargs: Any) -> None:
     """mlflow.keras.save_model, with this module as the python_function loader (Model.log calls this;
-    `validate_serving_input` is Model.log's own)."""
+    `validate_serving_input` is Model.log's own). `saved`: the model's `.keras` file, already
+    written (the train stage's), copied instead of saving the model again."""
     import mlflow.keras
     from mlflow.models import Model
     from mlflow.models.model import MLMODEL_FILE_NAME
@@ -95,20 +113,22 @@ def save_model(model: Any, path: str, mlflow_model: Any = None, *, task: str, he
     mlflow_model.metadata = {**(mlflow_model.metadata or {}), "logitlab.task": task, "logitlab.head": head.name,
                              "logitlab.from_logits": head.from_logits, "logitlab.head_spec": head.spec()}
     os.makedirs(path, exist_ok=True)  # mlflow.keras.save_model writes the input example before it makes the folder
-    mlflow.keras.save_model(model, path, mlflow_model=mlflow_model, **keras_kwargs)
+    mlflow.keras.save_model(SavedKerasFile(saved) if saved is not None else model, path, mlflow_model=mlflow_model,
+                            **keras_kwargs)
     mlflow_model.flavors[PYFUNC][MAIN] = __name__
     mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
 
 
 def log_model(model: Any, *, name: str, task: str, head: Head, n_classes: int, example: np.ndarray,
-              tags: dict[str, str], step: int) -> Any:
-    """Log `model` as an MLflow logged model of the active run; returns MLflow's ModelInfo."""
+              tags: dict[str, str], step: int, saved: str | os.PathLike[str] | None = None) -> Any:
+    """Log `model` as an MLflow logged model of the active run; returns MLflow's ModelInfo. `saved`:
+    the model's `.keras` file if one was just written (logged as it is, not saved again)."""
     from mlflow.models import Model
 
     return Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], flavor_name=FLAVOR, model=model,
                      task=task, head=head, signature=signature(int(example.shape[1]), task, n_classes),
                      input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float32),
-                     pip_requirements=requirements(), tags=tags, step=step,
+                     pip_requirements=requirements(), tags=tags, step=step, saved=saved,
                      # MLflow would load the model back from disk and predict the example: the costliest
                      # part of logging a small model (~0.1 s a job). tests/test_serving.py checks the
                      # contract for every head instead.

@@ -254,7 +254,8 @@ def record(plan: Plan, model: Any, history: list[dict[str, float]], steps: list[
                               f"{len(result.labels)} {cfg.evaluate.split} examples", history)
     run_log.flush()  # params and epochs in the store: the logged model takes them (the last epoch's metrics)
     logged = store_call("log the model", log_model, model, name=cfg.variant, task=str(cfg.task), head=head,
-                        n_classes=cfg.ds.num_classes, example=x_eval, tags=identity(cfg), step=len(history) - 1)
+                        n_classes=cfg.ds.num_classes, example=x_eval, tags=identity(cfg), step=len(history) - 1,
+                        saved=files.model_dir / MODEL_FILE)  # the file write_outputs wrote: copied, not saved again
     run_log.log(result.metrics, model_id=logged.model_id, dataset=plan.sets[1])  # the Models tab's test metrics
     run_log.log(process_memory())
     run_log.flush()
