@@ -198,22 +198,24 @@ def test_a_failed_background_write_is_sent_again(run, monkeypatch):
     real = metrics._client.log_batch
     calls = []
 
-    def flaky(run_id, metrics=(), params=(), synchronous=None):
+    def flaky(run_id, metrics=(), params=(), tags=(), synchronous=None):
         calls.append(synchronous)
-        return _FailedWrite() if synchronous is False else real(run_id, metrics=metrics, params=params)
+        return _FailedWrite() if synchronous is False else real(run_id, metrics=metrics, params=params, tags=tags)
 
     monkeypatch.setattr(metrics._client, "log_batch", flaky)
     metrics.log({"loss": 0.5}, step=0)
+    metrics.set_tags({"saturated": "yes"})
     metrics.flush()
-    assert calls == [False, None], "sent in the background, then again synchronously"
+    assert calls == [False, False, None, None], "sent in the background, then again synchronously"
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.5]
+    assert client.get_run(run_id).data.tags["saturated"] == "yes"
 
 
 def test_a_store_that_stays_down_fails_the_flush(run, monkeypatch):
     _, run_id = run
     metrics = RunLog(run_id)
 
-    def down(run_id, metrics=(), params=(), synchronous=None):
+    def down(run_id, metrics=(), params=(), tags=(), synchronous=None):
         if synchronous is False:
             return _FailedWrite()
         raise OSError("connection refused")

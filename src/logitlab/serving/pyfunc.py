@@ -22,6 +22,7 @@ would reset the state of a sweep that logs one model per job.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any
@@ -64,7 +65,8 @@ def signature(n_features: int, task: str, n_classes: int) -> Any:
                           outputs=Schema([ColSpec("float", c) for c in names[:-1]] + [ColSpec("long", CLASS_COLUMN)]))
 
 
-def requirements() -> list[str]:
+@functools.cache  # the installed versions, read once per process (~4 ms a read)
+def requirements() -> tuple[str, ...]:
     """What loading the model needs, pinned to what trained it (no inference: MLflow's would start a
     subprocess that loads the model, seconds per model)."""
     import importlib.metadata as md
@@ -75,7 +77,7 @@ def requirements() -> list[str]:
             found.append(f"{dist}=={md.version(dist)}")
         except md.PackageNotFoundError:
             continue
-    return found
+    return tuple(found)
 
 
 # --------------------------------------------------------------------------- the flavor module
@@ -128,7 +130,7 @@ def log_model(model: Any, *, name: str, task: str, head: Head, n_classes: int, e
     return Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], flavor_name=FLAVOR, model=model,
                      task=task, head=head, signature=signature(int(example.shape[1]), task, n_classes),
                      input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float32),
-                     pip_requirements=requirements(), tags=tags, step=step, saved=saved,
+                     pip_requirements=list(requirements()), tags=tags, step=step, saved=saved,
                      # MLflow would load the model back from disk and predict the example: the costliest
                      # part of logging a small model (~0.1 s a job). tests/test_serving.py checks the
                      # contract for every head instead.

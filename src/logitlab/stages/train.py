@@ -258,11 +258,11 @@ def record(plan: Plan, model: Any, history: list[dict[str, float]], steps: list[
                         saved=files.model_dir / MODEL_FILE)  # the file write_outputs wrote: copied, not saved again
     run_log.log(result.metrics, model_id=logged.model_id, dataset=plan.sets[1])  # the Models tab's test metrics
     run_log.log(process_memory())
-    run_log.flush()
-    store_call("tag the run", mlflow.set_tags, result.tags)
+    run_log.set_tags(result.tags)
     store_call("log the predictions", mlflow.log_dict, predictions, PREDICTIONS_FILE)
     for path in (files.model_dir / OUTPUTS_FILE, *notebook, picture):
         store_call(f"log {path.name}", mlflow.log_artifact, str(path))
+    run_log.flush()  # the metrics and tags written while the files were copied
     if cfg.registers:
         version = register(logged.model_id, run.info.run_id, dataset=cfg.dataset, task=str(cfg.task),
                            layers=cfg.model.layers, activation=str(cfg.model.activation), head=head,

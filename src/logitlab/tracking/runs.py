@@ -40,7 +40,7 @@ def open_store(tracking: Any, root: Path, found_by: str, create: bool = True) ->
 
 
 class RunLog:
-    """A run's params and metrics, sent without waiting for the store (MLflow's async logging:
+    """A run's params, metrics and tags, sent without waiting for the store (MLflow's async logging:
     training goes on while a background thread writes), and every write checked by `flush`: a failed
     write is sent again synchronously with store_call's bounded retries, so nothing vanishes silently
     (as with mlflow.keras.MlflowCallback) and a store that stays down fails the run."""
@@ -75,8 +75,13 @@ class RunLog:
         for start in range(0, len(items), 100):  # the most one MLflow batch takes
             self.log_batch("log params", params=items[start:start + 100])
 
-    def log_batch(self, what: str, metrics: list[Any] = (), params: list[Any] = ()) -> None:
-        batch = {"metrics": list(metrics), "params": list(params)}
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.log_batch("tag the run", tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_batch(self, what: str, metrics: list[Any] = (), params: list[Any] = (), tags: list[Any] = ()) -> None:
+        batch = {"metrics": list(metrics), "params": list(params), "tags": list(tags)}
         operations = store_call(what, self._client.log_batch, self.run_id, **batch, synchronous=False)
         self._pending.append((what, batch, operations))
 
