@@ -92,6 +92,7 @@ def test_installed_on_the_loader_it_is_what_the_sweeper_and_launcher_call_and_su
     finally:
         sweep_compose.uninstall(hydra_loader)
     assert "load_sweep_config" not in vars(hydra_loader)
+    assert composer.token not in sweep_compose._BASES, "the sweep's compositions are not kept after it"
 
 
 def test_an_override_the_copy_refuses_gets_hydras_own_error(hydra_loader):

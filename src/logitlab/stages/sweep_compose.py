@@ -118,5 +118,8 @@ def install(loader: Any, composer: SweepComposer | None = None) -> SweepComposer
 
 
 def uninstall(loader: Any) -> None:
-    """Hydra's own load_sweep_config on `loader` again."""
-    vars(loader).pop("load_sweep_config", None)
+    """Hydra's own load_sweep_config on `loader` again; this process forgets the sweep's compositions."""
+    installed = vars(loader).pop("load_sweep_config", None)
+    composer = getattr(installed, "__self__", None)
+    if isinstance(composer, SweepComposer):
+        _BASES.pop(composer.token, None)
