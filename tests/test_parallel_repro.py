@@ -173,7 +173,9 @@ def test_dvc_project_two_workers_give_the_serial_lock_and_rerun_nothing(tmp_path
 @pytest.mark.slow  # a real app or server in a subprocess
 def test_dvc_project_a_planted_failure_stops_the_other_worker(tmp_path):
     stages = {"slow": {"cmd": "echo started > started.txt && sleep 60 && echo > slow.txt", "outs": ["slow.txt"]},
-              "broken": {"cmd": "sleep 2 && python -c \"import sys; sys.exit('planted failure')\""},
+              # fails once slow's command runs: a stop then meets DVC running a command, not in its own checks
+              "broken": {"cmd": "while [ ! -f started.txt ]; do sleep 0.1; done; sleep 1 && "
+                                "python -c \"import sys; sys.exit('planted failure')\""},
               "after": {"cmd": "echo > after.txt", "deps": ["slow.txt"], "outs": ["after.txt"]}}
     project = toy_project(tmp_path / "p", stages)
     started = time.monotonic()
@@ -360,6 +362,15 @@ def test_two_workers_give_what_a_serial_run_gives(pipelines):
     assert changed_stages(parallel) == set()
 
 
+# Fails 1 s after a train stage's command has started in this project: the stage is then importing
+# TensorFlow (seconds), so it is stopped before it writes anything, however loaded the machine.
+PLANTED_AFTER_TRAIN_STARTS = (  # one line: DVC runs each line of a cmd as a command of its own
+    "python -c \"import os, sys, time, psutil; "
+    "started = lambda: any('pipelines/train.py' in ' '.join(p.info['cmdline'] or []) and p.info['cwd'] == os.getcwd() "
+    "for p in psutil.process_iter(['cmdline', 'cwd'])); "
+    "[time.sleep(0.05) for _ in iter(started, True)]; time.sleep(1); sys.exit('planted failure')\"")
+
+
 @pytest.mark.slow
 def test_a_planted_failing_stage_stops_the_running_train_stage(pipelines):
     """After the two-worker run: a train stage to redo (its metrics file gone) and a planted stage
@@ -369,8 +380,7 @@ def test_a_planted_failing_stage_stops_the_running_train_stage(pipelines):
     dvc_yaml = project / "dvc.yaml"
     original = dvc_yaml.read_text()
     stages = yaml.safe_load(original)
-    stages["stages"]["planted"] = {"cmd": "python -c \"import time, sys; time.sleep(3); sys.exit('planted failure')\"",
-                                   "deps": ["params.yaml"]}
+    stages["stages"]["planted"] = {"cmd": PLANTED_AFTER_TRAIN_STARTS, "deps": ["params.yaml"]}
     dvc_yaml.write_text(yaml.safe_dump(stages, sort_keys=False))
     (project / "metrics" / "blobs-logit.json").unlink()
     runs_before = len(runs_of(f"sqlite:///{project / 'mlflow.db'}"))
