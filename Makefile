@@ -45,7 +45,7 @@ repro: $(STAMP)  ## one `dvc --wait-for-lock repro -s STAGE` per stage, JOBS at 
 TEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-test: $(STAMP)  ## the whole suite (~24 min here on two workers)
+test: $(STAMP)  ## the whole suite (~15-24 min on two cores, by CPU)
 	$(PYTEST)
 
 test-fast: $(STAMP)  ## everything but the slow end-to-end runs
