@@ -156,6 +156,15 @@ def log_path(logs: Path, stage: str) -> Path:
     return logs / (stage.replace(os.sep, "_").replace(":", "_") + ".log")
 
 
+def _sigint_default() -> None:
+    """In a worker, before DVC starts: SIGINT back to its default action. A process started with SIGINT
+    ignored (`make repro &` from a script: a shell starts background commands so) passes that on
+    through exec, to DVC, the shell and the stage's command, and `stop` could then only kill them
+    after its grace period, DVC's locks left behind and the runs RUNNING. (preexec_fn: this scheduler
+    runs no threads.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signal_group(worker: Worker, sig: int) -> None:
     try:
         os.killpg(worker.proc.pid, sig)  # its own session: the group is DVC, the shell and the stage's command
@@ -225,7 +234,8 @@ def run(plan: Plan, jobs: int, command: Callable[[str], list[str]], logs: Path, 
                 path = log_path(logs, stage)
                 with open(path, "w") as log:
                     proc = subprocess.Popen(command(stage), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_sigint_default)
                 running[stage] = Worker(stage, proc, path)
             if not running:
                 raise AssertionError(f"no stage can start: {sorted(set(plan.order) - set(done))}")
