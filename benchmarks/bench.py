@@ -817,8 +817,7 @@ def markdown(results: dict[str, Any]) -> str:
         if "overhead_fraction" in r:
             ratio = f"{r['overhead_fraction']:+.1%}" + (f", {r['added_s']:+.3f} s" if "added_s" in r else "")
         elif "wall_over_training" in r:
-            ratio = f"{r['wall_over_training']:.2f}x the training" + (
-                f"; {r['per_job_s']:.2f} s a job" if "per_job_s" in r else "")
+            ratio = f"{r['wall_over_training']:.2f}x the training; {r['per_job_s']:.2f} s a job"
         elif "per_job_ratio" in r:
             ratio = f"{ratio}; per job {r['per_job_ratio']:.2f} ({r['baseline_per_job_s']:.2f} s against " \
                     f"{r['per_job_s']:.2f} s)"

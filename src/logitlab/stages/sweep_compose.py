@@ -67,7 +67,8 @@ class SweepComposer:
         except HydraException:
             return self.hydra_compose(master, sweep_overrides)
         job = parsed[len(hydra_lines):]
-        groups = tuple(o.input_line for o in job if self._is_group(o))
+        group_overrides = [o for o in job if self._is_group(o)]
+        groups = tuple(o.input_line for o in group_overrides)
         key = (str(master.hydra.job.config_name), tuple(hydra_lines), groups)
         if key not in self.bases:
             self.bases[key] = self.hydra_compose(master, list(groups))
@@ -78,7 +79,7 @@ class SweepComposer:
         except (HydraException, OmegaConfBaseException, ValueError):
             return self.hydra_compose(master, sweep_overrides)
         # What Hydra appends from the whole override list, after what the config itself had there.
-        base_parsed = [*parsed[:len(hydra_lines)], *(self._parse(line) for line in groups)]
+        base_parsed = [*parsed[:len(hydra_lines)], *group_overrides]
         app = [o for o in parsed if not o.is_hydra_override()]
         for name, mine, of_base in (("hydra", [o for o in parsed if o.is_hydra_override()],
                                      [o for o in base_parsed if o.is_hydra_override()]),
