@@ -1,6 +1,8 @@
 """The comparison table and the pictures: one row (one line, one panel) per variant and config,
 seeds aggregated as mean, std and a 95% confidence interval."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -150,6 +152,47 @@ def test_the_curves_picture_names_the_identical_curves(tmp_path):
     [png] = plot_curves(runs, read, tmp_path)
     assert png.name == "curves_blobs_multiclass.png" and Image.open(png).size[0] > 500
     assert sorted(seen) == ["logit", "softmax_strict"]
+
+
+def two_epochs_apart(run):
+    """A run's epochs: the softmax_strict curve apart from the logit one (module level: a drawing
+    process gets it by reference)."""
+    epochs = pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.9, 0.5, 0.3], "val_loss": [1.0, 0.6, 0.4]})
+    return epochs if run["tags.head"] == "logit" else epochs.assign(loss=[0.8, 0.6, 0.5])
+
+
+def note_pid(folder):
+    (folder / f"{os.getpid()}.pid").touch()
+    return []
+
+
+def refuse(path):
+    raise UserError(f"{path} does not exist; run its stage first: dvc repro train@blobs-logit")
+
+
+def test_the_pictures_drawn_in_two_processes_are_the_files_drawn_in_one(tmp_path):
+    from logitlab.stages.report import draw
+
+    runs = pd.concat([fake_runs(), fake_runs().assign(**{"tags.dataset": "moons"})], ignore_index=True)
+    together, one, two = tmp_path / "together", tmp_path / "one", tmp_path / "two"
+    for folder in (together, one, two):
+        (folder / "pids").mkdir(parents=True)
+    plot_curves(runs, two_epochs_apart, together)
+    for folder, processes in ((one, 1), (two, 2)):
+        tasks = [(plot_curves, (of_dataset, two_epochs_apart, folder)) for _, of_dataset in runs.groupby("tags.dataset")]
+        draw([*tasks, (note_pid, (folder / "pids",))], processes)
+    drawn = {folder: {p.name: p.read_bytes() for p in folder.glob("*.png")} for folder in (together, one, two)}
+    assert sorted(drawn[together]) == ["curves_blobs_multiclass.png", "curves_moons_multiclass.png"]
+    assert drawn[one] == drawn[two] == drawn[together], "the same bytes, one task per dataset, in one process or two"
+    assert [p.stem for p in (one / "pids").iterdir()] == [str(os.getpid())]
+    assert [p.stem for p in (two / "pids").iterdir()] != [str(os.getpid())], "drawn in another process"
+
+
+def test_an_error_in_a_drawing_process_is_the_reports_own(tmp_path):
+    from logitlab.stages.report import draw
+
+    with pytest.raises(UserError, match=r"^history/blobs-logit.tsv does not exist; run its stage first: "):
+        draw([(refuse, ("history/blobs-logit.tsv",)), (note_pid, (tmp_path,))], 2)
 
 
 def test_binary_pictures_colour_the_configured_positive_class():

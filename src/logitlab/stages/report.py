@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,7 @@ from logitlab.report.table import (
 )
 from logitlab.schema import Config, ReportRuns, under_root
 from logitlab.stages.job import Job
+from logitlab.stages.parallel import cores
 from logitlab.tracking.runs import open_store, tracked_run
 from logitlab.tracking.store import store_call
 
@@ -108,6 +112,47 @@ def draw_examples(cfg: Config, root: Path, name: str, runs: pd.DataFrame, artifa
     return plot_decision_regions(runs, artifact, out, examples, cfg.datasets[name].binary.positive_class, name)
 
 
+Drawing = tuple[Callable[..., list[Path]], tuple[Any, ...]]
+
+
+def drawings(cfg: Config, root: Path, runs: pd.DataFrame, history: History, artifact: Artifact,
+             out: Path) -> list[Drawing]:
+    """The report's pictures as independent tasks, (function, arguments), each writing its own files
+    to `out`: per dataset, its examples (the slowest: an image grid or the decision regions), its loss
+    curves and its study view. Each function draws per dataset and task, so a dataset's runs draw
+    the same figures alone as among the others."""
+    by_dataset = [(str(name), of_dataset) for name, of_dataset in runs.groupby("tags.dataset", sort=True)]
+    return ([(draw_examples, (cfg, root, name, of_dataset, artifact, out)) for name, of_dataset in by_dataset]
+            + [(plot_curves, (of_dataset, history, out)) for _, of_dataset in by_dataset]
+            + [(plot_study, (of_dataset, out)) for _, of_dataset in by_dataset])
+
+
+def draw(tasks: list[Drawing], processes: int) -> None:
+    """Run the drawing tasks, in up to `processes` forked processes where more than one: matplotlib
+    draws a figure on one core (the pipeline's seven take ~6 s on one). A task's error is raised
+    here, as if it had run in this process; the files are the same either way
+    (tests/test_report.py)."""
+    import multiprocessing
+
+    processes = min(processes, len(tasks))
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        for function, args in tasks:
+            function(*args)
+        return
+    # Forked, a process has what this one imported (spawned, it would import pandas and matplotlib
+    # again: ~1.5 s). The tasks read the pipeline's files and write PNGs; none talks to the store.
+    with multiprocessing.get_context("fork").Pool(processes, initializer=_drawing_process) as pool:
+        for result in [pool.apply_async(function, args) for function, args in tasks]:
+            result.get()  # leaving the block terminates the pool, on an error or Ctrl-C too
+
+
+def _drawing_process() -> None:
+    """Ctrl-C and SIGTERM are the report's to handle: it terminates its drawing processes (SIGTERM,
+    at its default action here: no traceback from a worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
     """Write summary.csv, summary.md and plots/ to report.out_dir (null: the job's folder), and log
     them as a report run."""
@@ -130,10 +175,10 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
         artifact = _local if pipeline else _from_mlflow(tmp / "artifacts")
         drawn = tmp / "plots"  # drawn aside, so that a failure leaves the last report as it was
         drawn.mkdir()
-        plot_curves(runs, _local_history if pipeline else _mlflow_history(), drawn)
-        plot_study(runs, drawn)
-        for name, of_dataset in runs.groupby("tags.dataset", sort=True):
-            draw_examples(cfg, root, str(name), of_dataset, artifact, drawn)
+        history = _local_history if pipeline else _mlflow_history()
+        # Pipeline runs are files: drawn side by side. Experiment runs are read from the store as they
+        # are drawn, through this process's MLflow client: one at a time.
+        draw(drawings(cfg, root, runs, history, artifact, drawn), cores() if pipeline else 1)
         plots.mkdir(parents=True, exist_ok=True)
         for stale in plots.glob("*.png"):
             stale.unlink()
