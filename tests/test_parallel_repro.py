@@ -219,6 +219,31 @@ def test_the_scheduler_imports_neither_tensorflow_nor_mlflow():
     assert proc.stdout.strip() == "[]"
 
 
+def test_each_worker_gets_its_share_of_the_cores_unless_its_threads_are_set(monkeypatch):
+    from logitlab.stages import parallel
+
+    monkeypatch.setattr(parallel, "cores", lambda: 8)
+    env = parallel.worker_env(2, {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "4"}
+    assert parallel.worker_env(3, {})["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert parallel.worker_env(16, {})["TF_NUM_INTEROP_THREADS"] == "1", "one thread at least"
+    assert parallel.worker_env(2, {"TF_NUM_INTRAOP_THREADS": "3"})["TF_NUM_INTRAOP_THREADS"] == "3", "the user's"
+
+
+def test_tensorflow_in_a_worker_keeps_to_its_share():
+    """TensorFlow reads the thread counts from the environment (its Python API does not report them):
+    a worker given one thread uses at most one core's time for a matmul that would take every core."""
+    script = ("import os, time, tensorflow as tf\n"
+              "a = tf.random.normal((1500, 1500)); tf.matmul(a, a)\n"
+              "start, before = time.perf_counter(), os.times()\n"
+              "for _ in range(20): b = tf.matmul(a, a)\n"
+              "b.numpy(); after = os.times()\n"
+              "print((after.user + after.system - before.user - before.system) / (time.perf_counter() - start))")
+    env = subprocess_env(**{name: "1" for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")})
+    proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert float(proc.stdout.split()[-1]) < 1.2, "one thread's CPU time per second of wall clock, at most"
+
+
 # --------------------------------------------------------------------------- the registry's aliases
 
 def test_aliases_crowned_at_once_by_several_processes_end_as_in_series(tmp_path, monkeypatch):

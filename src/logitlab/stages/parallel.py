@@ -15,6 +15,10 @@ sees its upstream's new outputs once the upstream has run; where they come out t
 `dvc repro -s` finds it unchanged and skips it without starting its command). Nothing changed: no
 worker at all. `--jobs 1` is `dvc repro` itself, today's serial run.
 
+Each stage's TensorFlow gets its share of the cores (`worker_env`: TF_NUM_INTRAOP_THREADS and
+TF_NUM_INTEROP_THREADS, cores // N, unless set already), so that N stages at once do not each start a
+thread per core.
+
 Each stage's output goes to .dvc/tmp/repro/<stage>.log and is printed whole when the stage ends, so
 logs never interleave. A stage that fails stops the others: SIGINT to each worker's process group
 (DVC waits for its command; a train stage ends its MLflow run KILLED; DVC releases its locks),
@@ -217,12 +221,30 @@ def _show(worker: Worker, out, note: str, to_add: set[str]) -> None:
     out.flush()
 
 
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def worker_env(jobs: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The workers' environment: each stage's TensorFlow gets its share of the cores (cores // jobs,
+    at least one thread), unless the thread counts are set already. With TensorFlow's default of a
+    thread per core, two stages at once oversubscribe the cores: two MNIST train stages took
+    13.1-13.8 s side by side with one thread each, against 14.6-17.9 s with two (AMD EPYC, 2 cores,
+    three trials each). The numbers do not change: the stages' metrics and history came out the
+    same bytes with one thread and with two (mnist-softmax, blobs-binary-sigmoid_strict and the
+    784-256 GradientTape stage; tests/test_parallel_repro.py and the pipeline bench compare the
+    parallel run's outputs with the serial run's)."""
+    share = str(max(1, cores() // jobs))
+    return {**{name: share for name in THREAD_VARIABLES}, **(os.environ if environ is None else environ)}
+
+
 def run(plan: Plan, jobs: int, command: Callable[[str], list[str]], logs: Path, cwd: Path | None = None,
-        out=None, grace: float = GRACE_S, to_add: set[str] | None = None) -> list[str]:
+        out=None, grace: float = GRACE_S, to_add: set[str] | None = None,
+        env: Mapping[str, str] | None = None) -> list[str]:
     """Run the plan's stages, `jobs` at a time, each as `command(stage)` in a process group of its
-    own; returns the stages in the order they finished. Raises StageFailed once a stage fails and the
-    others are stopped; on KeyboardInterrupt the workers are stopped and it is raised again. The files
-    DVC's hints say to `git add` go into `to_add`."""
+    own (in `env`: None, this process's environment); returns the stages in the order they finished.
+    Raises StageFailed once a stage fails and the others are stopped; on KeyboardInterrupt the
+    workers are stopped and it is raised again. The files DVC's hints say to `git add` go into
+    `to_add`."""
     out = out or sys.stdout
     to_add = set() if to_add is None else to_add
     logs.mkdir(parents=True, exist_ok=True)
@@ -233,7 +255,7 @@ def run(plan: Plan, jobs: int, command: Callable[[str], list[str]], logs: Path, 
             for stage in plan.ready(done, [*done, *running])[:max(0, jobs - len(running))]:
                 path = log_path(logs, stage)
                 with open(path, "w") as log:
-                    proc = subprocess.Popen(command(stage), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                    proc = subprocess.Popen(command(stage), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True,
                                             preexec_fn=_sigint_default)
                 running[stage] = Worker(stage, proc, path)
@@ -317,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     start, to_add = time.monotonic(), set()
     try:
-        finished = run(plan, jobs, repro_command, root.joinpath(*LOG_DIR), cwd=root, to_add=to_add)
+        finished = run(plan, jobs, repro_command, root.joinpath(*LOG_DIR), cwd=root, to_add=to_add,
+                       env=worker_env(jobs))
     except StageFailed as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
