@@ -15,7 +15,16 @@ import pytest
 import yaml
 
 from helpers import PARALLEL, PYTHON, repro, runs_of, subprocess_env
-from logitlab.stages.parallel import GRACE_S, Plan, StageFailed, downstream, run, serial_order, without_hints
+from logitlab.stages.parallel import (
+    GRACE_S,
+    THREAD_VARIABLES,
+    Plan,
+    StageFailed,
+    downstream,
+    run,
+    serial_order,
+    without_hints,
+)
 
 DVC = str(Path(PYTHON).with_name("dvc"))
 LOCK_ERRORS = ("Unable to acquire lock", "is busy, it is being blocked by", "LockError", "database is locked")
@@ -239,7 +248,7 @@ def test_tensorflow_in_a_worker_keeps_to_its_share():
               "for _ in range(20): b = tf.matmul(a, a)\n"
               "b.numpy(); after = os.times()\n"
               "print((after.user + after.system - before.user - before.system) / (time.perf_counter() - start))")
-    env = subprocess_env(**{name: "1" for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")})
+    env = subprocess_env(**{name: "1" for name in THREAD_VARIABLES})
     proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert float(proc.stdout.split()[-1]) < 1.2, "one thread's CPU time per second of wall clock, at most"
 
