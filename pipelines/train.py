@@ -10,6 +10,7 @@ from logitlab.stages import app
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> object:
+    app.import_keras()
     from logitlab.stages.train import (
         train,  # its imports (TensorFlow, ...) once the command line is known good
     )

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from helpers import PARALLEL, PYTHON, repro, runs_of, subprocess_env
+from logitlab.stages.cores import THREAD_VARIABLES
 from logitlab.stages.parallel import (
     GRACE_S,
-    THREAD_VARIABLES,
     Plan,
     StageFailed,
     downstream,
@@ -229,14 +229,14 @@ def test_the_scheduler_imports_neither_tensorflow_nor_mlflow():
 
 
 def test_each_worker_gets_its_share_of_the_cores_unless_its_threads_are_set(monkeypatch):
-    from logitlab.stages import parallel
+    from logitlab.stages import cores
 
-    monkeypatch.setattr(parallel, "cores", lambda: 8)
-    env = parallel.worker_env(2, {"PATH": "/bin"})
+    monkeypatch.setattr(cores, "cores", lambda: 8)
+    env = cores.worker_env(2, {"PATH": "/bin"})
     assert env == {"PATH": "/bin", "TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "4"}
-    assert parallel.worker_env(3, {})["TF_NUM_INTRAOP_THREADS"] == "2"
-    assert parallel.worker_env(16, {})["TF_NUM_INTEROP_THREADS"] == "1", "one thread at least"
-    assert parallel.worker_env(2, {"TF_NUM_INTRAOP_THREADS": "3"})["TF_NUM_INTRAOP_THREADS"] == "3", "the user's"
+    assert cores.worker_env(3, {})["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert cores.worker_env(16, {})["TF_NUM_INTEROP_THREADS"] == "1", "one thread at least"
+    assert cores.worker_env(2, {"TF_NUM_INTRAOP_THREADS": "3"})["TF_NUM_INTRAOP_THREADS"] == "3", "the user's"
 
 
 def test_tensorflow_in_a_worker_keeps_to_its_share():

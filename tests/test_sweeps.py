@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, app, parents_and_children, subprocess_env, tiny_blobs
+from helpers import PYTHON, ROOT, app, parents_and_children, subprocess_env, tiny_blobs
 from logitlab.schema import compose_params
+from logitlab.stages.cores import THREAD_VARIABLES
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +189,39 @@ def test_optuna_counts_a_diverged_trial_as_failed_and_goes_on(tmp_path, blobs):
 
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert result["best_params"]["optimizer.lr"] in (0.001, 0.003), "the search finished on the trials that did"
+
+
+JOBLIB_WORKER_THREADS = """
+import os, sys
+from hydra import compose, initialize_config_dir
+from joblib import Parallel, delayed
+from logitlab.schema.compose import register
+from logitlab.stages.sweep import share_cores
+
+register()
+with initialize_config_dir(sys.argv[1], version_base=None):
+    config = compose(config_name="config", overrides=sys.argv[2:], return_hydra_config=True)
+share_cores(config)
+print(Parallel(n_jobs=2)(delayed(os.getenv)(name) for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")))
+"""
+
+
+@pytest.mark.parametrize(("launcher", "preset", "expected"), [
+    ("hydra/launcher=parallel", {}, "share"),
+    ("hydra/launcher=parallel", {"TF_NUM_INTRAOP_THREADS": "3"}, "3 and share"),
+    ("hydra/launcher=basic", {}, "unset"),
+])
+def test_joblib_workers_get_their_share_of_the_cores(launcher, preset, expected):
+    """A sweep on the parallel launcher (two joblib processes) gives each worker's TensorFlow its share
+    of the cores, as make repro does its stages; a thread count the user set is kept; an in-process
+    sweep is left alone. The workers are joblib's own, started after the sweep's callback ran."""
+    import os
+
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    env = {k: v for k, v in subprocess_env().items() if k not in THREAD_VARIABLES} | preset
+    proc = subprocess.run([PYTHON, "-c", JOBLIB_WORKER_THREADS, str(ROOT / "conf"), launcher], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = proc.stdout.strip().splitlines()[-1]
+    assert seen == {"share": str([share, share]), "3 and share": str(["3", share]),
+                    "unset": str([None, None])}[expected]

@@ -15,7 +15,7 @@ sees its upstream's new outputs once the upstream has run; where they come out t
 `dvc repro -s` finds it unchanged and skips it without starting its command). Nothing changed: no
 worker at all. `--jobs 1` is `dvc repro` itself, today's serial run.
 
-Each stage's TensorFlow gets its share of the cores (`worker_env`: TF_NUM_INTRAOP_THREADS and
+Each stage's TensorFlow gets its share of the cores (`cores.worker_env`: TF_NUM_INTRAOP_THREADS and
 TF_NUM_INTEROP_THREADS, cores // N, unless set already), so that N stages at once do not each start a
 thread per core.
 
@@ -27,8 +27,8 @@ naming it, exit 1. Ctrl-C or SIGTERM to this process stops the workers the same 
 
 Why a scheduler of our own rather than a library: paraffin (the maintained one) runs stages through
 Celery workers and calls itself experimental; dask4dvc's last release is from 2023. The part DVC
-does not do is small, and this keeps it to the standard library and DVC. (Self-contained on purpose:
-no logitlab import, no TensorFlow or MLflow.)
+does not do is small, and this keeps it to the standard library and DVC. (Light on purpose: its one
+logitlab import, stages/cores.py, is standard library only; no TensorFlow or MLflow.)
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from logitlab.stages.cores import cores, worker_env
 
 PROG = "python -m logitlab.stages.parallel"
 USAGE = f"usage: {PROG} [--jobs N]"
@@ -221,22 +223,6 @@ def _show(worker: Worker, out, note: str, to_add: set[str]) -> None:
     out.flush()
 
 
-THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
-
-
-def worker_env(jobs: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The workers' environment: each stage's TensorFlow gets its share of the cores (cores // jobs,
-    at least one thread), unless the thread counts are set already. With TensorFlow's default of a
-    thread per core, two stages at once oversubscribe the cores: two MNIST train stages took
-    13.1-13.8 s side by side with one thread each, against 14.6-17.9 s with two (AMD EPYC, 2 cores,
-    three trials each). The numbers do not change: the stages' metrics and history came out the
-    same bytes with one thread and with two (mnist-softmax, blobs-binary-sigmoid_strict and the
-    784-256 GradientTape stage; tests/test_parallel_repro.py and the pipeline bench compare the
-    parallel run's outputs with the serial run's)."""
-    share = str(max(1, cores() // jobs))
-    return {**{name: share for name in THREAD_VARIABLES}, **(os.environ if environ is None else environ)}
-
-
 def run(plan: Plan, jobs: int, command: Callable[[str], list[str]], logs: Path, cwd: Path | None = None,
         out=None, grace: float = GRACE_S, to_add: set[str] | None = None,
         env: Mapping[str, str] | None = None) -> list[str]:
@@ -288,13 +274,6 @@ def run(plan: Plan, jobs: int, command: Callable[[str], list[str]], logs: Path, 
 
 def _interrupt(signum, frame):  # SIGTERM: stop the workers as Ctrl-C does
     raise KeyboardInterrupt
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def parse_jobs(argv: Sequence[str]) -> int:

@@ -6,12 +6,13 @@ logitlab.report.study); then sent to MLflow as a run named `report`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from logitlab.report.table import (
 )
 from logitlab.schema import Config, ReportRuns, under_root
 from logitlab.stages.job import Job
-from logitlab.stages.parallel import cores
+from logitlab.stages.cores import cores
 from logitlab.tracking.runs import open_store, tracked_run
 from logitlab.tracking.store import store_call
 
@@ -127,23 +128,34 @@ def drawings(cfg: Config, root: Path, runs: pd.DataFrame, history: History, arti
             + [(plot_study, (of_dataset, out)) for _, of_dataset in by_dataset])
 
 
-def draw(tasks: list[Drawing], processes: int) -> None:
-    """Run the drawing tasks, in up to `processes` forked processes where more than one: matplotlib
-    draws a figure on one core (the pipeline's seven take ~6 s on one). A task's error is raised
-    here, as if it had run in this process; the files are the same either way
-    (tests/test_report.py)."""
+@contextlib.contextmanager
+def drawing(tasks: list[Drawing], processes: int) -> Iterator[None]:
+    """Run the drawing tasks, in up to `processes` forked processes where more than one, while the
+    block runs; they are done when it ends. matplotlib draws a figure on one core (the pipeline's
+    seven take ~6 s on one). A task's error is raised at the end of the block, as if it had run in
+    this process; the files are the same either way (tests/test_report.py). One process: the tasks
+    run before the block."""
     import multiprocessing
 
     processes = min(processes, len(tasks))
     if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
         for function, args in tasks:
             function(*args)
+        yield
         return
     # Forked, a process has what this one imported (spawned, it would import pandas and matplotlib
     # again: ~1.5 s). The tasks read the pipeline's files and write PNGs; none talks to the store.
     with multiprocessing.get_context("fork").Pool(processes, initializer=_drawing_process) as pool:
-        for result in [pool.apply_async(function, args) for function, args in tasks]:
+        results = [pool.apply_async(function, args) for function, args in tasks]
+        yield
+        for result in results:
             result.get()  # leaving the block terminates the pool, on an error or Ctrl-C too
+
+
+def draw(tasks: list[Drawing], processes: int) -> None:
+    """The drawing tasks, done (see `drawing`)."""
+    with drawing(tasks, processes):
+        pass
 
 
 def _drawing_process() -> None:
@@ -156,29 +168,30 @@ def _drawing_process() -> None:
 def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
     """Write summary.csv, summary.md and plots/ to report.out_dir (null: the job's folder), and log
     them as a report run."""
-    import mlflow
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     out_dir = under_root(root, cfg.report.out_dir) if cfg.report.out_dir is not None else job.dir
     pipeline = cfg.report.runs == ReportRuns.pipeline
-    runs = pipeline_runs(cfg, root) if pipeline else None  # the pipeline's files first: no store needed to fail
-    # Runs read from the store: a store or experiment that is not there yet is not made, only to fail
-    # with "no finished training runs" (the report's own run creates them once there is something to report).
-    experiment_id = open_store(cfg.tracking, root, "the report stage", create=pipeline)
-    if runs is None:
-        runs = experiment_runs(cfg.tracking.experiment, experiment_id)
-    table = summarize(runs)
-
     plots = out_dir / "plots"
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        artifact = _local if pipeline else _from_mlflow(tmp / "artifacts")
         drawn = tmp / "plots"  # drawn aside, so that a failure leaves the last report as it was
         drawn.mkdir()
-        history = _local_history if pipeline else _mlflow_history()
-        # Pipeline runs are files: drawn side by side. Experiment runs are read from the store as they
-        # are drawn, through this process's MLflow client: one at a time.
-        draw(drawings(cfg, root, runs, history, artifact, drawn), cores() if pipeline else 1)
+        if pipeline:
+            # The pipeline's runs are files: read first (no store needed to fail), then drawn side by
+            # side while this process opens the store, importing MLflow (~1 s) meanwhile.
+            runs = pipeline_runs(cfg, root)
+            table = summarize(runs)
+            with drawing(drawings(cfg, root, runs, _local_history, _local, drawn), cores()):
+                open_store(cfg.tracking, root, "the report stage", create=True)
+        else:
+            # Runs read from the store: a store or experiment that is not there yet is not made, only
+            # to fail with "no finished training runs" (the report's own run creates them once there
+            # is something to report). They are read as they are drawn, through this process's MLflow
+            # client: one at a time.
+            experiment_id = open_store(cfg.tracking, root, "the report stage", create=False)
+            runs = experiment_runs(cfg.tracking.experiment, experiment_id)
+            table = summarize(runs)
+            draw(drawings(cfg, root, runs, _mlflow_history(), _from_mlflow(tmp / "artifacts"), drawn), 1)
         plots.mkdir(parents=True, exist_ok=True)
         for stale in plots.glob("*.png"):
             stale.unlink()
@@ -195,6 +208,8 @@ def report(cfg: Config, root: Path, job: Job) -> pd.DataFrame:
         with atomic_path(out_dir / "study.csv") as tmp_csv:
             study.to_csv(tmp_csv, index=False)
         tables += [out_dir / "study.csv", write_text(out_dir / "study.md", differences_markdown(study) + "\n")]
+    import mlflow
+
     with tracked_run(cfg.tracking, root, found_by="report", run_name="report",
                      tags={KIND_TAG: "report", "report.runs": str(cfg.report.runs)}):
         store_call("log the report", mlflow.log_metric, "report_variants", len(table))
