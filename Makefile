@@ -55,7 +55,7 @@ bench: $(STAMP)  ## benchmarks/bench.py: training, tracking, pictures and a swee
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py
 
-bench-pipeline: $(STAMP)  ## dvc repro from nothing: JOBS=1, JOBS=2 and 8fc7770's; the no-op; the study's subset against 996da51 (~21 min)
+bench-pipeline: $(STAMP)  ## dvc repro from nothing: JOBS=1, JOBS=2 and 8fc7770's; the no-op; the study's subset against 996da51 (~20 min)
 	$(BIN)/dvc repro preprocess@mnist preprocess@blobs
 	$(BIN)/python benchmarks/bench.py --only pipeline study
 
