@@ -5,12 +5,13 @@
 import hydra
 from omegaconf import DictConfig
 
+from logitlab.model import import_keras
 from logitlab.stages import app
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> object:
-    app.import_keras()
+    import_keras()  # first, before any module imports Keras: without the extras no stage uses
     from logitlab.stages.train import (
         train,  # its imports (TensorFlow, ...) once the command line is known good
     )

@@ -128,11 +128,11 @@ def test_a_bad_value_is_refused_before_tensorflow_is_imported():
     assert proc.stderr.strip() == "logitlab train: error: trainer.epochs must be a positive whole number, got 0"
 
 
-def test_a_stage_imports_keras_without_its_unused_extras_which_stay_importable():
-    """The train stage's process imports Keras without scikit-learn and matplotlib.pyplot (0.75 s of its
-    imports); Keras then treats them as absent, and they import as usual afterwards."""
-    script = ("import sys; from logitlab.stages import app\n"
-              "app.import_keras()\n"
+def test_import_keras_leaves_out_its_unused_extras_which_stay_importable():
+    """Keras imported without scikit-learn and matplotlib.pyplot takes them for absent; they import as
+    usual afterwards."""
+    script = ("import sys; from logitlab.model import import_keras\n"
+              "import_keras()\n"
               "import keras.src.wrappers.fixes as fixes, keras.src.visualization.plot_image_gallery as gallery\n"
               "print('keras' in sys.modules, 'sklearn' in sys.modules, 'matplotlib' in sys.modules,"
               " fixes.sklearn is None, gallery.plt is None)\n"
@@ -141,6 +141,24 @@ def test_a_stage_imports_keras_without_its_unused_extras_which_stay_importable()
     proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["True False False True True", "(4, 2) 6.4"]
+
+
+def test_a_train_job_never_imports_scikit_learn_or_pyplot(tmp_path, blobs):
+    """A whole train job, run as `python pipelines/train.py` runs it: at its end Keras came without the
+    extras no stage uses (0.75 s of a stage's imports), and the run's picture drew with matplotlib."""
+    script = ("import atexit, runpy, sys\n"
+              "atexit.register(lambda: print('IMPORTED', sorted(m for m in ('keras', 'matplotlib.figure', 'sklearn',"
+              " 'matplotlib.pyplot') if m in sys.modules)))\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = subprocess.run([PYTHON, "-c", script, *app("train", *blobs, "trainer.epochs=1",
+                                                       f"tracking.uri='sqlite:///{tmp_path / 'm.db'}'",
+                                                       f"hydra.run.dir={tmp_path / 'job'}")[1:]],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "job" / "outputs.png").stat().st_size > 10_000, "the run's picture"
+    [imported] = [line for line in proc.stdout.splitlines() if line.startswith("IMPORTED ")]
+    assert imported == "IMPORTED ['keras', 'matplotlib.figure']"
 
 
 def test_test_fraction_outside_zero_one_is_refused(tmp_path, blobs):

@@ -30,32 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 
 log = logging.getLogger(__name__)
 
-# What Keras 3 imports at its own import, if installed, for features no stage uses: scikit-learn for
-# its scikit-learn wrappers (keras.wrappers), matplotlib.pyplot for one image-gallery plot
-# (keras.visualization). Both are optional to Keras, which falls back to raising "requires ..." when
-# those features are called. Together they were 0.75 s of the 4.1 s it takes a train stage to import
-# (Intel Xeon); every stage and every sweep worker paid them.
-KERAS_EXTRAS = ("sklearn", "matplotlib")
-
-
-def import_keras() -> None:
-    """Import Keras as if KERAS_EXTRAS were not installed, for a stage's own process: keras's
-    scikit-learn wrappers and image-gallery plot then say they need those. The packages themselves
-    stay importable (the fetch stage's make_blobs, the per-run figure's matplotlib): they are hidden
-    only while Keras imports. A no-op if Keras is imported already."""
-    if "keras" in sys.modules:
-        return
-    hidden = [name for name in KERAS_EXTRAS if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
-    try:
-        import keras  # noqa: F401
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-
-
 Stage = Callable[[Config, Path, Job], Any]
 
 
