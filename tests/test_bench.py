@@ -25,6 +25,16 @@ def test_rounds_interleave_with_the_order_rotated_and_the_warm_up_dropped(bench)
     assert samples == {"a": [6.0, 8.0, 10.0], "b": [4.0, 9.0, 11.0], "c": [5.0, 7.0, 12.0]}
 
 
+def test_long_parts_keep_each_rounds_pair_and_its_ratio_in_the_order_run(bench):
+    """A machine that slowed down between rounds: the medians' ratio mixes the rounds, each round's own
+    ratio does not."""
+    row = bench.compare("pipeline: x", [80.0, 120.0], [130.0, 190.0], rounds=bench.rounds([80.0, 120.0], [130.0, 190.0]))
+    assert [(r["logitlab_s"], r["baseline_s"]) for r in row["rounds"]] == [(80.0, 130.0), (120.0, 190.0)]
+    assert [round(r["ratio"], 4) for r in row["rounds"]] == [1.625, 1.5833]
+    assert "80.0 s against 130.0 s (1.62); 120.0 s against 190.0 s (1.58)" in bench.details([row], {"matmul": 1e9,
+                                                                                               "attainable": 1e9})
+
+
 @pytest.mark.parametrize("ours, baseline, expected", [
     ([1.0, 1.1, 1.2], [2.0, 2.5, 3.0], "logitlab faster"),
     ([2.0, 2.5, 3.0], [1.0, 1.1, 1.2], "baseline faster"),
