@@ -27,16 +27,13 @@ def import_keras() -> ModuleType:
 
     Call it before anything imports Keras: the train app does first thing (pipelines/train.py), and
     `logitlab.train` on its import."""
-    if "keras" not in sys.modules:
-        hidden = [name for name in KERAS_EXTRAS if name not in sys.modules]
+    hidden = [] if "keras" in sys.modules else [name for name in KERAS_EXTRAS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
+    try:
+        import keras
+    finally:
         for name in hidden:
-            sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
-        try:
-            import keras  # noqa: F401
-        finally:
-            for name in hidden:
-                if name in sys.modules and sys.modules[name] is None:
-                    del sys.modules[name]
-    import keras
-
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
     return keras
