@@ -61,6 +61,8 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
         assert (sweep_dir / num / "model.keras").is_file() and (sweep_dir / num / "metrics.json").is_file()
         pids.add(tags["logitlab.pid"])
     assert len(pids) == 2, "two worker processes, each running job after job"
+    started = {float(r.data.tags["logitlab.process_start"]) for r in jobs}
+    assert max(started) < parent.info.start_time / 1000, "the workers started before the sweep's run (Workers)"
     assert sorted(int(r.data.tags["hydra.job.num"]) for r in jobs) == list(range(8))
 
     # The report over the experiment: seeds aggregate as mean, std and a 95% interval.
@@ -196,7 +198,7 @@ import os, sys
 from hydra import compose, initialize_config_dir
 from joblib import Parallel, delayed
 from logitlab.schema.compose import register
-from logitlab.stages.sweep import share_cores
+from logitlab.stages.workers import share_cores
 
 register()
 with initialize_config_dir(sys.argv[1], version_base=None):
@@ -225,3 +227,52 @@ def test_joblib_workers_get_their_share_of_the_cores(launcher, preset, expected)
     seen = proc.stdout.strip().splitlines()[-1]
     assert seen == {"share": str([share, share]), "3 and share": str(["3", share]),
                     "unset": str([None, None])}[expected]
+
+
+WARM_WORKERS = """
+import json, pickle, sys
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+from joblib import Parallel, delayed
+from logitlab.schema.compose import register
+from logitlab.stages.workers import Workers
+
+
+def probe():
+    import os
+    return os.getpid(), sorted(m for m in ("tensorflow", "mlflow", "logitlab.stages.train") if m in sys.modules)
+
+
+register()
+with initialize_config_dir(sys.argv[1], version_base=None):
+    config = compose(config_name="config", overrides=sys.argv[2:], return_hydra_config=True)
+workers = Workers()
+workers.on_multirun_start(config)
+assert pickle.loads(pickle.dumps(workers))._warm is None, "a job's copy of the callback carries no warm-up"
+launcher = instantiate(config.hydra.launcher)  # then its jobs' Parallel, as hydra_joblib_launcher launches them
+joblib_cfg = dict(launcher.joblib, backend="loky")
+process_joblib_cfg(joblib_cfg)
+seen = Parallel(**joblib_cfg)(delayed(probe)() for _ in range(4))
+workers.on_multirun_end(config)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize(("app_name", "warm"), [("train", True), ("report", False)])
+def test_a_parallel_sweeps_workers_have_imported_the_app_before_its_first_job(app_name, warm):
+    """Workers, the first callback, starts the joblib launcher's workers, each importing the train
+    app's modules, before the sweep is checked; the launcher's jobs then run in those same processes
+    (joblib's reusable executor, made with the launcher's settings), which have imported everything
+    before the first job starts. Another app's sweep starts no worker early."""
+    import json
+
+    proc = subprocess.run([PYTHON, "-c", WARM_WORKERS, str(ROOT / "conf"), "hydra/launcher=parallel",
+                           f"hydra.job.name={app_name}"], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len({pid for pid, _ in seen}) <= 2
+    imported = [modules for _, modules in seen]
+    expected = ["logitlab.stages.train", "mlflow", "tensorflow"] if warm else []
+    assert imported == [expected] * 4, imported

@@ -13,12 +13,13 @@
   skipped (recorded under `<sweep dir>/.logitlab-skipped/`, counted as `jobs_skipped`), and an optuna
   study kept in a storage resumes with the trials still missing.
 A sweep launched twice, even into the same directory, makes two parent runs.
+
+A parallel sweep's worker processes are set up before, by `stages.workers.Workers`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import uuid
@@ -30,7 +31,6 @@ from omegaconf import DictConfig
 
 from logitlab.errors import RunFailed, StoreDamaged, UserError
 from logitlab.files import check_sqlite, write_json
-from logitlab.stages.cores import worker_env
 from logitlab.stages.job import (
     CONFIG_HASH_TAG,
     KIND_TAG,
@@ -125,19 +125,6 @@ def _resume_optuna(config: DictConfig) -> None:
              done, sweeper.n_trials)
 
 
-def share_cores(config: DictConfig) -> None:
-    """On the joblib launcher, each worker process's TensorFlow gets its share of the cores, as
-    `make repro`'s workers do (cores.worker_env: cores // n_jobs threads, unless set already). Set in
-    this process's environment before the launcher starts its workers, which inherit it; this process
-    runs no job then. joblib does the same for OpenMP and BLAS, not for TensorFlow."""
-    launcher = config.hydra.launcher
-    if "JoblibLauncher" not in str(launcher.get("_target_", "")):
-        return
-    from joblib import effective_n_jobs
-
-    os.environ.update(worker_env(effective_n_jobs(launcher.get("n_jobs"))))
-
-
 class MlflowSweep(Callback):
     """One MLflow parent run per training sweep; a failed job is reported, never a stopped sweep."""
 
@@ -145,7 +132,6 @@ class MlflowSweep(Callback):
         self.apps = tuple(apps)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        share_cores(config)
         try:
             self._start(config)
         except (UserError, RunFailed) as exc:  # Hydra would only warn, and launch every job into the error
