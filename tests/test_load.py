@@ -18,10 +18,42 @@ from helpers import (ROOT, app, mlflow_server, parents_and_children, postgres_da
 
 
 def _live_graphs() -> int:
+    """Every graph alive, frozen ones included (each job's collection freezes what survives it)."""
     from tensorflow.python.framework.func_graph import FuncGraph
 
+    gc.unfreeze()
     gc.collect()
     return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self  # garbage only a collection frees
+
+
+def test_a_jobs_collection_frees_what_was_made_since_the_last_and_a_full_one_the_rest(monkeypatch):
+    """Between jobs (logitlab.train.loop._clear_session) a collection frees the garbage made since
+    the last one, then freezes what survived; what was alive then and dies later is freed by the next
+    full collection, which runs once FULL_COLLECTION_AFTER objects have been frozen since the last."""
+    import weakref
+
+    from logitlab.train import loop
+
+    monkeypatch.setattr(loop, "_frozen_since_full", 0)
+    monkeypatch.setattr(loop, "FULL_COLLECTION_AFTER", 10**9)
+    survivor = _Cycle()  # alive at the next collection, as a job's config is
+    loop._clear_session()
+    survivor_ref, made_after = weakref.ref(survivor), _Cycle()
+    made_after_ref = weakref.ref(made_after)
+    del survivor, made_after
+    loop._clear_session()
+    assert made_after_ref() is None, "garbage made since the last collection is freed by the next"
+    assert survivor_ref() is not None, "frozen: not looked at by a job's collection"
+    assert 0 < loop._frozen_since_full < 10**9
+    monkeypatch.setattr(loop, "FULL_COLLECTION_AFTER", loop._frozen_since_full)
+    loop._clear_session()
+    assert survivor_ref() is None, "a full collection frees it"
+    assert loop._frozen_since_full == 0
 
 
 @pytest.mark.parametrize("trainer", ["fit", "gradient_tape"])
