@@ -193,16 +193,22 @@ def test_optuna_counts_a_diverged_trial_as_failed_and_goes_on(tmp_path, blobs):
     assert result["best_params"]["optimizer.lr"] in (0.001, 0.003), "the search finished on the trials that did"
 
 
-JOBLIB_WORKER_THREADS = """
-import os, sys
+# A script's first lines: `config`, conf/ composed with the command line's overrides and Hydra's node.
+COMPOSED = """
+import sys
 from hydra import compose, initialize_config_dir
-from joblib import Parallel, delayed
 from logitlab.schema.compose import register
-from logitlab.stages.workers import share_cores
 
 register()
 with initialize_config_dir(sys.argv[1], version_base=None):
     config = compose(config_name="config", overrides=sys.argv[2:], return_hydra_config=True)
+"""
+
+JOBLIB_WORKER_THREADS = COMPOSED + """
+import os
+from joblib import Parallel, delayed
+from logitlab.stages.workers import share_cores
+
 share_cores(config)
 print(Parallel(n_jobs=2)(delayed(os.getenv)(name) for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")))
 """
@@ -229,13 +235,11 @@ def test_joblib_workers_get_their_share_of_the_cores(launcher, preset, expected)
                     "unset": str([None, None])}[expected]
 
 
-WARM_WORKERS = """
-import json, pickle, sys
-from hydra import compose, initialize_config_dir
+WARM_WORKERS = COMPOSED + """
+import json, pickle
 from hydra.utils import instantiate
 from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 from joblib import Parallel, delayed
-from logitlab.schema.compose import register
 from logitlab.stages.workers import Workers
 
 
@@ -244,9 +248,6 @@ def probe():
     return os.getpid(), sorted(m for m in ("tensorflow", "mlflow", "logitlab.stages.train") if m in sys.modules)
 
 
-register()
-with initialize_config_dir(sys.argv[1], version_base=None):
-    config = compose(config_name="config", overrides=sys.argv[2:], return_hydra_config=True)
 workers = Workers()
 workers.on_multirun_start(config)
 assert pickle.loads(pickle.dumps(workers))._warm is None, "a job's copy of the callback carries no warm-up"

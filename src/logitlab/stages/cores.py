@@ -1,5 +1,5 @@
 """The cores this process may use, and each worker's share of them for TensorFlow: for `make repro`'s
-stages side by side (stages/parallel.py) and a sweep's joblib workers (stages/sweep.py). Standard
+stages side by side (stages/parallel.py) and a sweep's joblib workers (stages/workers.py). Standard
 library only: the scheduler imports it without TensorFlow or MLflow."""
 
 from __future__ import annotations
