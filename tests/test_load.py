@@ -33,13 +33,15 @@ class _Cycle:
 
 def test_a_jobs_collection_frees_what_was_made_since_the_last_and_a_full_one_the_rest(monkeypatch):
     """Between jobs (logitlab.train.loop._clear_session) a collection frees the garbage made since
-    the last one, then freezes what survived; what was alive then and dies later is freed by the next
-    full collection, which runs once FULL_COLLECTION_AFTER objects have been frozen since the last."""
+    the last one, then freezes what survived when there is much of it (FREEZE_ABOVE); what was alive
+    then and dies later is freed by the next full collection, which runs once FULL_COLLECTION_AFTER
+    objects have been frozen since the last."""
     import weakref
 
     from logitlab.train import loop
 
     monkeypatch.setattr(loop, "_frozen_since_full", 0)
+    monkeypatch.setattr(loop, "FREEZE_ABOVE", 0)
     monkeypatch.setattr(loop, "FULL_COLLECTION_AFTER", 10**9)
     survivor = _Cycle()  # alive at the next collection, as a job's config is
     loop._clear_session()
@@ -54,6 +56,28 @@ def test_a_jobs_collection_frees_what_was_made_since_the_last_and_a_full_one_the
     loop._clear_session()
     assert survivor_ref() is None, "a full collection frees it"
     assert loop._frozen_since_full == 0
+
+
+def test_a_jobs_few_survivors_stay_unfrozen_and_the_next_jobs_collection_frees_them(monkeypatch):
+    """Below FREEZE_ABOVE survivors, nothing is frozen: a job's state that dies with the job (its
+    config) is freed by the next job's collection, no full collection needed or counted."""
+    import gc
+    import weakref
+
+    from logitlab.train import loop
+
+    monkeypatch.setattr(loop, "_frozen_since_full", 0)
+    monkeypatch.setattr(loop, "FREEZE_ABOVE", 10**9)
+    monkeypatch.setattr(loop, "FULL_COLLECTION_AFTER", 10**9)
+    frozen = gc.get_freeze_count()
+    survivor = _Cycle()
+    loop._clear_session()
+    survivor_ref = weakref.ref(survivor)
+    del survivor
+    assert survivor_ref() is not None, "a cycle: only a collection frees it"
+    loop._clear_session()
+    assert survivor_ref() is None, "not frozen: the next job's collection frees it"
+    assert loop._frozen_since_full == 0 and gc.get_freeze_count() <= frozen, "nothing frozen (objects may leave it)"
 
 
 @pytest.mark.parametrize("trainer", ["fit", "gradient_tape"])

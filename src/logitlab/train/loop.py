@@ -95,15 +95,18 @@ def _clear_session() -> None:
     models hold reference cycles, and through them a trainer's data tensors: ~200 MB per MNIST job
     otherwise). The previous job's custom gradients go first (see below).
 
-    Each collection is followed by gc.freeze(): what survived it (the imports, the traced functions
-    of logitlab.model.compiled's cache, the sweep's state) moves out of every later collection, so a
-    job's collection looks only at what was made since the last one: ~3 ms a blobs job, where a
-    collection of everything took 60-130 ms, more with every job of a sweep (Keras's clear_session
-    collects everything). What was alive at a collection and dies later (the job's config, a model
-    the trace cache lets go) is garbage only a full collection finds: one runs, gc.unfreeze()
-    first, when FULL_COLLECTION_AFTER objects have been frozen since the last (~0.4 s for the
-    ~650,000 objects of a process that imported TensorFlow and MLflow). The first call freezes the
-    imports without collecting: there is no job before it."""
+    What survives a collection is frozen (gc.freeze()) once there is much of it, FREEZE_ABOVE objects:
+    the imports (the first call freezes them without collecting: there is no job before it), the
+    traced functions of logitlab.model.compiled's cache, the sweep's state. Frozen objects are out of
+    every later collection, which then looks only at what was made since: 4-10 ms a blobs job, where
+    a collection of everything took 60-130 ms, more with every job of a sweep (Keras's clear_session
+    collects everything). Fewer survivors stay where they are and are looked at again by the next
+    job's collection: they are mostly the running job's own state (its config; in a joblib worker
+    Hydra's state, unpickled for every job: 14,000-28,000 objects), which dies with the job. Frozen,
+    it would be garbage only a full collection finds: one runs, gc.unfreeze() first, when
+    FULL_COLLECTION_AFTER objects have been frozen since the last (~0.3 s for the ~650,000 objects of
+    a process that imported TensorFlow and MLflow). Freezing every job's survivors made that every
+    ~6 jobs in a joblib worker."""
     global _frozen_since_full
     _drop_custom_gradients()
     keras.backend.clear_session(free_memory=False)
@@ -115,7 +118,10 @@ def _clear_session() -> None:
         _frozen_since_full = 0
     else:
         gc.collect()
-        _frozen_since_full += len(gc.get_objects())  # the survivors, about to be frozen
+        survivors = len(gc.get_objects())
+        if survivors < FREEZE_ABOVE:
+            return
+        _frozen_since_full += survivors
     gc.freeze()
 
 
@@ -141,7 +147,8 @@ def _drop_custom_gradients() -> int:
     return len(names)
 
 
-FULL_COLLECTION_AFTER = 100_000  # objects frozen since the last full collection (see _clear_session)
+FREEZE_ABOVE = 50_000  # a job's collection freezes its survivors when there are this many (see _clear_session)
+FULL_COLLECTION_AFTER = 100_000  # objects frozen since the last full collection
 _frozen_since_full: int | None = None  # None: nothing frozen yet
 
 
