@@ -61,6 +61,10 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
         assert (sweep_dir / num / "model.keras").is_file() and (sweep_dir / num / "metrics.json").is_file()
         pids.add(tags["logitlab.pid"])
     assert len(pids) == 2, "two worker processes, each running job after job"
+    by_shape = {}
+    for run in jobs:
+        by_shape.setdefault((run.data.tags["head"], run.data.tags["trainer"]), set()).add(run.data.tags["logitlab.pid"])
+    assert all(len(p) == 1 for p in by_shape.values()), f"a head and trainer's seeds in one worker: {by_shape}"
     started = {float(r.data.tags["logitlab.process_start"]) for r in jobs}
     assert max(started) < parent.info.start_time / 1000, "the workers started before the sweep's run (Workers)"
     assert sorted(int(r.data.tags["hydra.job.num"]) for r in jobs) == list(range(8))
@@ -277,3 +281,49 @@ def test_a_parallel_sweeps_workers_have_imported_the_app_before_its_first_job(ap
     imported = [modules for _, modules in seen]
     expected = ["logitlab.stages.train", "mlflow", "tensorflow"] if warm else []
     assert imported == [expected] * 4, imported
+
+
+@pytest.mark.parametrize(("jobs", "runs"), [
+    ([["model.head=logit", "seed=0"], ["model.head=logit", "seed=1"], ["model.head=softmax", "seed=0"],
+      ["model.head=softmax", "seed=1"]], [2, 2]),
+    ([["seed=0", "model.head=logit"], ["seed=0", "model.head=softmax"], ["seed=1", "model.head=logit"]], [1, 1, 1]),
+    ([["precision=float32", "optimizer.lr=0.1", "+seed=0"], ["precision=float32", "optimizer.lr=0.3", "+seed=0"],
+      ["precision=mixed_float16", "optimizer.lr=0.1", "+seed=0"]], [2, 1]),
+    ([["trainer.epochs=1"], ["trainer.epochs=2"]], [1, 1]),
+])
+def test_trace_runs_are_consecutive_jobs_that_differ_only_in_seed_or_learning_rate(jobs, runs):
+    from logitlab.stages.workers import trace_runs
+
+    assert trace_runs(jobs) == runs
+
+
+def _batching(*overrides):
+    """conf/ composed as a multirun of the train app with `overrides`, and what batch_by_traces set."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from logitlab.stages.workers import batch_by_traces
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        config = compose("config", ["hydra.job.name=train", *overrides], return_hydra_config=True)
+        return batch_by_traces(config, GlobalHydra.instance().config_loader()), config.hydra.launcher
+
+
+@pytest.mark.parametrize(("overrides", "batch", "settings"), [
+    # the study's subset: 9 heads x precisions, each 5 seeds in a row
+    (["hydra/launcher=parallel", "optimizer.lr=0.01", "study=blobs"], 5, ("5", "all")),
+    # the whole study on blobs: the learning rates and seeds of a head and precision in a row (6 x 5)
+    (["hydra/launcher=parallel", "study=blobs"], 30, ("30", "all")),
+    (["hydra/launcher=parallel", "study=blobs", "hydra.launcher.batch_size=2"], None, ("2", "2*n_jobs")),
+    (["hydra/launcher=parallel", "study=blobs", "model.head=logit", "precision=float32"], None, ("auto", "2*n_jobs")),
+    (["hydra/launcher=parallel", "study=blobs", "optimizer.lr=0.01", "seed=0"], None, ("auto", "2*n_jobs")),
+    (["hydra/launcher=basic", "study=blobs"], None, None),
+])
+def test_a_parallel_sweep_hands_each_worker_whole_runs_of_jobs_that_share_their_traces(overrides, batch, settings):
+    """On the joblib launcher, the numerics study's jobs go to the workers in batches of the jobs of
+    one head and precision, all dispatched at once (so joblib keeps them together); not when the
+    user set joblib's batching, each run is one job or there is only one run, nor on another launcher."""
+    found, launcher = _batching("experiment=numerics_study", *overrides)
+    assert found == batch
+    if settings is not None:
+        assert (str(launcher.batch_size), str(launcher.pre_dispatch)) == settings
