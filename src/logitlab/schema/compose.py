@@ -16,10 +16,14 @@ from logitlab.schema.types import CONF_DIR, PARAMS_FILE, SCHEMA_NAME, Config
 
 
 def register() -> None:
-    """The schema in Hydra's ConfigStore (idempotent)."""
+    """The schema in Hydra's ConfigStore, unless it is there already: Hydra runs its plugin modules
+    again for every job of a joblib worker (Singleton.set_state re-creates its plugin registry), and
+    building the schema's node costs ~9 ms."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+    store = ConfigStore.instance()
+    if f"{SCHEMA_NAME}.yaml" not in store.repo:
+        store.store(name=SCHEMA_NAME, node=Config)
 
 
 def compose(root: Path, overrides: list[str] | None = None) -> Config:
