@@ -249,7 +249,8 @@ from logitlab.stages.workers import Workers
 
 def probe():
     import os
-    return os.getpid(), sorted(m for m in ("tensorflow", "mlflow", "logitlab.stages.train") if m in sys.modules)
+    return os.getpid(), sorted(m for m in ("tensorflow", "mlflow", "logitlab.stages.train", "matplotlib.figure",
+                                           "mlflow.store.tracking.sqlalchemy_store") if m in sys.modules)
 
 
 workers = Workers()
@@ -267,9 +268,10 @@ print(json.dumps(seen))
 @pytest.mark.parametrize(("app_name", "warm"), [("train", True), ("report", False)])
 def test_a_parallel_sweeps_workers_have_imported_the_app_before_its_first_job(app_name, warm):
     """Workers, the first callback, starts the joblib launcher's workers, each importing the train
-    app's modules, before the sweep is checked; the launcher's jobs then run in those same processes
-    (joblib's reusable executor, made with the launcher's settings), which have imported everything
-    before the first job starts. Another app's sweep starts no worker early."""
+    app's modules and those its jobs import on first use (MLflow's SQL store, matplotlib's Figure),
+    before the sweep is checked; the launcher's jobs then run in those same processes (joblib's
+    reusable executor, made with the launcher's settings), which have imported everything before
+    the first job starts. Another app's sweep starts no worker early."""
     import json
 
     proc = subprocess.run([PYTHON, "-c", WARM_WORKERS, str(ROOT / "conf"), "hydra/launcher=parallel",
@@ -279,7 +281,8 @@ def test_a_parallel_sweeps_workers_have_imported_the_app_before_its_first_job(ap
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len({pid for pid, _ in seen}) <= 2
     imported = [modules for _, modules in seen]
-    expected = ["logitlab.stages.train", "mlflow", "tensorflow"] if warm else []
+    expected = ["logitlab.stages.train", "matplotlib.figure", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+                "tensorflow"] if warm else []
     assert imported == [expected] * 4, imported
 
 

@@ -42,17 +42,29 @@ def share_cores(config: DictConfig) -> None:
         os.environ.update(worker_env(workers))
 
 
+# What a train job imports on first use, not with the stage: MLflow's SQL store (~0.5 s, inside the
+# store's first-use lock, where the other worker's first job waited for it), the run's picture
+# (matplotlib's Figure and Agg canvas), GitPython (MLflow's source-version tag).
+FIRST_USE = ("mlflow.store.tracking.sqlalchemy_store", "matplotlib.figure", "matplotlib.backends.backend_agg", "git")
+
+
 def _import_app(app: str) -> str | None:
     """In a worker: the modules the app's jobs import first, imported as its main imports them
-    (pipelines/train.py: Keras without its unused extras, then the stage). Returns None, or what
-    failed, never raises: joblib answers an exception by stopping the workers the jobs share, and
-    the jobs report the failure themselves when they import the same modules."""
+    (pipelines/train.py: Keras without its unused extras, then the stage), then those its jobs
+    import on first use (FIRST_USE). Returns None, or what failed, never raises: joblib answers an
+    exception by stopping the workers the jobs share, and the jobs report the failure themselves
+    when they import the same modules."""
+    import importlib
+
     try:
         if app == "train":
             from logitlab.model import import_keras
 
             import_keras()
             import logitlab.stages.train  # noqa: F401
+
+            for name in FIRST_USE:
+                importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}"
     return None
