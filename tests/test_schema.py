@@ -1,5 +1,6 @@
 """The config's schema: params.yaml is conf/ composed, every key typed, every bad value one line."""
 
+import importlib
 import shutil
 
 import pytest
@@ -220,3 +221,40 @@ def test_the_group_hash_is_the_config_without_its_seed():
     other = compose(ROOT, ["dataset=blobs", "seed=0", "optimizer.lr=0.01"])
     assert group_hash(other) != group_hash(seeds[0]), "another learning rate is another group"
     assert group_hash(compose(ROOT, ["dataset=blobs", "seed=0", "trainer.verbose=0"])) == group_hash(seeds[0])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["seed=3"], ["model.head=softmax", "precision=mixed_float16", "optimizer.lr=0.3"], ["model.layers=[7,5,3]"],
+    ["trainer=gradient_tape", "seed=1"], ["dataset=blobs", "trainer.batch_size=7"], ["task=binary", "model.head=sigmoid"],
+])
+def test_a_config_of_a_shape_loaded_before_is_typed_as_merging_it_afresh_types_it(overrides, monkeypatch):
+    """load() types a config by setting the values that differ on a copy of a recent config's typed
+    node when both have the same keys (a sweep's jobs); the result is what OmegaConf's merge with the
+    schema makes of the config alone."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    check = importlib.import_module("logitlab.schema.check")  # the module: the package exports its check()
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        before, cfg = (hydra_compose("config", o) for o in (["seed=0"], overrides))
+    monkeypatch.setattr(check, "_MERGED", [])
+    alone = load(cfg)
+    monkeypatch.setattr(check, "_MERGED", [])
+    load(before)
+    assert load(cfg) == alone
+    assert len(check._MERGED) == 1, "typed from the first config's node, not merged again"
+
+
+def test_a_value_refused_in_a_config_of_a_known_shape_is_the_error_merging_gives(monkeypatch):
+    check = importlib.import_module("logitlab.schema.check")
+
+    good = OmegaConf.load(ROOT / "params.yaml")  # plain YAML: the schema types it
+    bad = OmegaConf.load(ROOT / "params.yaml")
+    bad.trainer.epochs = "ten"
+    monkeypatch.setattr(check, "_MERGED", [])
+    with pytest.raises(UserError) as alone:
+        load(bad)
+    load(good)
+    with pytest.raises(UserError) as after:
+        load(bad)
+    assert str(after.value) == str(alone.value) and "trainer.epochs" in str(alone.value)

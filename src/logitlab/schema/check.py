@@ -24,8 +24,7 @@ def load(cfg: DictConfig) -> Config:
         # As plain data: a node Hydra composed is typed already, and keeps a key added with `+`.
         node = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
         plain = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-        typed = OmegaConf.merge(_schema(), plain)  # merge copies the schema: the cached one stays as it is
-        config: Config = OmegaConf.to_object(typed)  # type: ignore[assignment]
+        config = _typed(plain)
     except OmegaConfBaseException as exc:
         raise UserError(config_error(exc)) from None
     check(config)
@@ -36,6 +35,64 @@ def load(cfg: DictConfig) -> Config:
 def _schema() -> DictConfig:
     """The schema as OmegaConf builds it from the dataclasses (~7 ms), once per process."""
     return OmegaConf.structured(Config)
+
+
+# The plain configs merged last and their typed nodes, newest last: a sweep's jobs differ in a few values.
+_MERGED: list[tuple[dict[str, Any], DictConfig]] = []
+MERGED_KEPT = 4
+
+
+def _typed(plain: dict[str, Any]) -> Config:
+    """OmegaConf.to_object(OmegaConf.merge(schema, plain)), the plain config typed by the schema.
+
+    Merging builds and checks every node again (~23 ms here). When a config of the same shape (the
+    same keys at every level) was merged recently, a copy of its typed node gets only the values
+    that differ, each checked by its node as merge checks it (~5 ms): a sweep's check loads every
+    job's config, and each job loads its own. A value its node refuses is merged again from the
+    start, so the error is the one merge gives."""
+    for seen, typed in reversed(_MERGED):
+        changes = _changed_values(seen, plain)
+        if changes is None:
+            continue
+        import copy
+
+        from omegaconf.errors import OmegaConfBaseException
+
+        updated = copy.deepcopy(typed)
+        try:
+            for path, value in changes:
+                node = updated
+                for key in path[:-1]:
+                    node = node[key]
+                node[path[-1]] = value
+        except OmegaConfBaseException:
+            break
+        return OmegaConf.to_object(updated)  # type: ignore[return-value]
+    typed = OmegaConf.merge(_schema(), plain)  # merge copies the schema: the cached one stays as it is
+    config: Config = OmegaConf.to_object(typed)  # type: ignore[assignment]
+    _MERGED.append((plain, typed))
+    del _MERGED[:-MERGED_KEPT]
+    return config
+
+
+def _changed_values(old: Any, new: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Any]] | None:
+    """The values of `new` that differ from `old`'s, by path (a list is one value), if both have the
+    same keys at every level; None otherwise."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if old.keys() != new.keys():
+            return None
+        changes: list[tuple[tuple[Any, ...], Any]] = []
+        for key, value in new.items():
+            below = _changed_values(old[key], value, (*path, key))
+            if below is None:
+                return None
+            changes += below
+        return changes
+    if isinstance(old, dict) or isinstance(new, dict):
+        return None
+    if type(old) is type(new) and old == new:
+        return []
+    return [(path, new)] if path else None
 
 
 def number(value: Any) -> bool:
