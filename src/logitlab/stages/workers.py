@@ -6,6 +6,7 @@ hands each worker whole runs of jobs that share their traced graphs (`batch_by_t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -51,9 +52,9 @@ FIRST_USE = ("mlflow.store.tracking.sqlalchemy_store", "matplotlib.figure", "mat
 def _import_app(app: str) -> str | None:
     """In a worker: the modules the app's jobs import first, imported as its main imports them
     (pipelines/train.py: Keras without its unused extras, then the stage), then those its jobs
-    import on first use (FIRST_USE). Returns None, or what failed, never raises: joblib answers an
-    exception by stopping the workers the jobs share, and the jobs report the failure themselves
-    when they import the same modules."""
+    import on first use (FIRST_USE, those that import here). Returns None, or what failed, never
+    raises: joblib answers an exception by stopping the workers the jobs share, and the jobs report
+    the failure themselves when they import the same modules."""
     import importlib
 
     try:
@@ -64,7 +65,8 @@ def _import_app(app: str) -> str | None:
             import logitlab.stages.train  # noqa: F401
 
             for name in FIRST_USE:
-                importlib.import_module(name)
+                with contextlib.suppress(ImportError):  # a job that needs it says so (GitPython without git)
+                    importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}"
     return None
