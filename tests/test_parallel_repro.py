@@ -288,6 +288,12 @@ def test_aliases_crowned_at_once_by_several_processes_end_as_in_series(tmp_path,
         def get_model_version(self, name, version):
             return type("Version", (), {"tags": self.tags[version]})
 
+        def get_logged_model(self, model_id):
+            return type("LoggedModel", (), {"tags": {}})
+
+        def set_logged_model_tags(self, model_id, tags):
+            pass
+
     fake = Registry()
     monkeypatch.setattr(mlflow, "MlflowClient", lambda *a, **k: fake)
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -179,6 +179,10 @@ def test_the_registry_has_an_alias_per_head_and_crowns_the_lowest_loss(store, to
     assert binary.name == "logitlab-toy-binary-16-relu"
     version = client.get_model_version("logitlab-toy-16-relu", "5")
     assert version.tags["logitlab.variant"] == "toy-softmax" and float(version.tags["logitlab.test_loss_f64"]) == 0.1
+    # the logged model names its version, as the Models tab's "Registered models" column reads it
+    logged = client.get_logged_model(str(version.source).removeprefix("models:/"))
+    linked = json.loads(logged.tags["mlflow.modelVersions"])
+    assert linked == [{"name": "logitlab-toy-16-relu", "version": 5}]
     # another network is another registered model: its lower loss crowns only its own versions
     assert (bigger.name, bigger.version, bigger.champion) == ("logitlab-toy-64-32-relu", "1", "logit_gradient_tape")
     assert client.get_registered_model("logitlab-toy-16-relu").aliases["champion"] == 5

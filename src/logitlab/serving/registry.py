@@ -93,12 +93,28 @@ def register(model_id: str, run_id: str, *, dataset: str, task: str, layers: Seq
     version = store_call(f"register a version of {name}", client.create_model_version, name,
                          source=f"models:/{model_id}", run_id=run_id, model_id=model_id, tags=tags,
                          await_creation_for=0)
+    store_call(f"link {name} version {version.version} to its logged model", _link_version, client, model_id,
+               name, version.version)
     head_alias = alias(head.name, trainer)
     with aliases_lock(mlflow.get_tracking_uri()):  # train stages run side by side (make repro): one crowning at a time
         store_call(f"set alias {name}@{head_alias}", client.set_registered_model_alias, name, head_alias,
                    version.version)
         champion = crown(client, name)
     return Registered(name, str(version.version), head_alias, champion)
+
+
+def _link_version(client: Any, model_id: str, name: str, version: Any) -> None:
+    """Add the version to its logged model's `mlflow.modelVersions` tag, as mlflow.register_model does
+    (what the Models tab's "Registered models" column shows); create_model_version alone does not."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    tags = client.get_logged_model(model_id).tags
+    versions = json.loads(tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    entry = {"name": name, "version": version}
+    if entry not in versions:
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*versions, entry])})
 
 
 ALIASES_LOCK_TIMEOUT_S = 120
