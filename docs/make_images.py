@@ -145,7 +145,7 @@ def mlflow_screenshots(out: Path) -> list[Path]:
             wait_for(f"{base}/health", proc)
             return screenshots({out / "mlflow_runs.png": f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning",
                                 out / "mlflow_models.png": f"{base}/#/experiments/{exp}/models?workflowType=machine_learning"},
-                               (1400, 720))
+                               (1600, 720))
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
