@@ -2,6 +2,7 @@
 parallel processes writing to one store, failing jobs that leave the others running, submitit,
 and optuna's search over the learning rate."""
 
+import contextlib
 import subprocess
 
 import pytest
@@ -91,6 +92,59 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
     [second] = [p for p in parents if p != parent_id]
     assert len(children[second]) == 1 and len(children[parent_id]) == 8
     assert parents[second].data.tags["logitlab.sweep_id"] != parent.data.tags["logitlab.sweep_id"]
+
+
+def _running_jobs(db) -> int:
+    """How many child runs are RUNNING in the SQLite store `db`, read without MLflow (which would
+    create the tables the sweep is creating)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+            return conn.execute("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                "AND t.key = 'mlflow.parentRunId' WHERE r.status = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:  # not there yet, its tables not made yet, or busy
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_parallel_sweeps_workers_end_with_it(tmp_path, blobs):
+    """SIGTERM to a parallel sweep's process while its workers hold batches of long jobs: each worker
+    ends its job KILLED and exits within seconds (stages/workers.watch_the_sweep), instead of running
+    the rest of its batch for its dead parent."""
+    import signal
+    import time
+
+    import psutil
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(app("train", "-m", "hydra/launcher=parallel", *blobs, "model.head=softmax,logit",
+                                "seed=0,1,2", "trainer.epochs=1000000", "trainer.verbose=0",
+                                f"tracking.uri='{store}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    children: list = []
+    try:
+        deadline, running = time.monotonic() + 240, 0
+        while time.monotonic() < deadline and proc.poll() is None and running < 2:
+            time.sleep(1)
+            running = _running_jobs(tmp_path / "mlflow.db")
+        assert proc.poll() is None and running == 2, "two jobs training, one in each worker"
+        children = psutil.Process(proc.pid).children()  # the workers, and joblib's resource trackers
+        workers = [p for p in children if "popen_loky_posix" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=45)
+        assert not alive, f"workers left running after their sweep was killed: {[p.pid for p in alive]}"
+        _, jobs = parents_and_children(store)
+        statuses = sorted(r.info.status for runs in jobs.values() for r in runs)
+        assert statuses == ["KILLED", "KILLED"], "the two jobs in progress ended KILLED, no other job started"
+    finally:
+        for process in [*children, psutil.Process(proc.pid) if proc.poll() is None else None]:
+            if process is not None and process.is_running():
+                process.kill()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -33,6 +33,37 @@ def _joblib_workers(config: DictConfig) -> int | None:
     return effective_n_jobs(launcher.get("n_jobs"))
 
 
+SWEEP_PARENT = "LOGITLAB_SWEEP_PARENT"  # the sweep's process id, in its joblib workers' environment
+PARENT_POLL_S = 1.0
+EXIT_GRACE_S = 10.0
+_watching: list[int] = []
+
+
+def watch_the_sweep() -> None:
+    """In a joblib worker of a sweep (SWEEP_PARENT names another process): a daemon thread that sends
+    this process SIGTERM once the sweep's process is gone (killed: SIGTERM, SIGKILL, a scheduler's
+    time limit), so the job running here ends KILLED, as an interrupted job does, and then ends the
+    worker (EXIT_GRACE_S later). Without it the worker ran on through the batch of jobs it holds
+    (jobs of a minute each with MNIST in float16), then waited minutes for a task that never came."""
+    import signal
+    import threading
+    import time
+
+    parent = os.environ.get(SWEEP_PARENT, "")
+    if not parent.isdigit() or int(parent) == os.getpid() or _watching:
+        return
+    _watching.append(int(parent))
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(EXIT_GRACE_S)  # the job ends its run KILLED; an idle worker would wait for a task
+        os._exit(128 + signal.SIGTERM)  # for minutes: the other processes keep joblib's queue open
+
+    threading.Thread(target=watch, name="logitlab-sweep-parent", daemon=True).start()
+
+
 def share_cores(config: DictConfig) -> None:
     """On the joblib launcher, each worker process's TensorFlow gets its share of the cores, as
     `make repro`'s workers do (cores.worker_env: cores // n_jobs threads, unless set already). Set in
@@ -41,6 +72,7 @@ def share_cores(config: DictConfig) -> None:
     workers = _joblib_workers(config)
     if workers is not None:
         os.environ.update(worker_env(workers))
+        os.environ[SWEEP_PARENT] = str(os.getpid())  # the workers watch it (watch_the_sweep)
 
 
 # What a train job imports on first use, not with the stage: MLflow's SQL store (~0.5 s, inside the
@@ -155,7 +187,8 @@ def batch_by_traces(config: DictConfig, loader: Any = None) -> int | None:
 
 class Workers(Callback):
     """A sweep's worker processes, set up first (hydra.callbacks in conf/config.yaml): their share of
-    the cores (share_cores), then, on the joblib launcher, started and importing (start_workers).
+    the cores (share_cores), then, on the joblib launcher, started and importing (start_workers);
+    each job in them ends with the sweep's process (watch_the_sweep).
 
     The warm-up's generator is kept until the sweep ends. If the sweep ends early instead (refused
     by its check, or its store does not answer), the generator goes with the callbacks as Hydra
@@ -177,6 +210,9 @@ class Workers(Callback):
             warnings.filterwarnings("ignore", message=r".*You could benefit from adjusting the input task iterator",
                                     category=UserWarning, module=r"joblib\.")
         batch_by_traces(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        watch_the_sweep()  # in a joblib worker: end with the sweep
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         warm, self._warm = self._warm, None
