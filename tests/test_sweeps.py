@@ -109,17 +109,18 @@ def _running_jobs(db) -> int:
 
 @pytest.mark.slow
 def test_a_killed_parallel_sweeps_workers_end_with_it(tmp_path, blobs):
-    """SIGTERM to a parallel sweep's process while its workers hold batches of long jobs: each worker
-    ends its job KILLED and exits within seconds (stages/workers.watch_the_sweep), instead of running
-    the rest of its batch for its dead parent."""
+    """SIGTERM to a parallel sweep's process while its workers hold batches of long jobs (three heads'
+    two seeds: a batch each, a third one queued): each worker ends its job KILLED and exits within
+    seconds (stages/workers.watch_the_sweep), instead of running the rest of its batch, or the queued
+    one, for its dead parent."""
     import signal
     import time
 
     import psutil
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen(app("train", "-m", "hydra/launcher=parallel", *blobs, "model.head=softmax,logit",
-                                "seed=0,1,2", "trainer.epochs=1000000", "trainer.verbose=0",
+    proc = subprocess.Popen(app("train", "-m", "hydra/launcher=parallel", *blobs, "model.head=softmax,logit,sigmoid",
+                                "seed=0,1", "trainer.epochs=1000000", "trainer.verbose=0",
                                 f"tracking.uri='{store}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
                             cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

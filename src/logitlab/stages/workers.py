@@ -43,12 +43,15 @@ def watch_the_sweep() -> None:
     """In a joblib worker of a sweep (SWEEP_PARENT names another process): a daemon thread that sends
     this process SIGTERM once the sweep's process is gone (killed: SIGTERM, SIGKILL, a scheduler's
     time limit), so the job running here ends KILLED, as an interrupted job does, and then ends the
-    worker (EXIT_GRACE_S later). Without it the worker ran on through the batch of jobs it holds
-    (jobs of a minute each with MNIST in float16), then waited minutes for a task that never came."""
+    worker (EXIT_GRACE_S later); a job it takes meanwhile (a batch joblib had queued) does not start.
+    Without it the worker ran on through the batch of jobs it holds (jobs of a minute each with MNIST
+    in float16), then waited minutes for a task that never came."""
     import signal
     import threading
     import time
 
+    if _watching and os.getppid() != _watching[0]:  # a job taken after the sweep died: not started
+        os._exit(128 + signal.SIGTERM)
     parent = os.environ.get(SWEEP_PARENT, "")
     if not parent.isdigit() or int(parent) == os.getpid() or _watching:
         return
