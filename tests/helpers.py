@@ -167,6 +167,19 @@ def tiny_mnist(tmp: Path, n_train: int = 200, n_test: int = 50) -> list[str]:
     return overrides
 
 
+def poll_store(db: Path, sql: str) -> list[tuple]:
+    """The rows of `sql` in the SQLite file `db`, read-only and without MLflow (which would create the
+    tables a running job may be creating); none while the file, its tables or a lock are not ready.
+    For tests that wait on a job running in another process."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            return con.execute(sql).fetchall()
+    except sqlite3.Error:
+        return []
+
+
 def runs_of(uri: str, experiment: str = "logitlab") -> list:
     """Every run of the experiment in the store at `uri`."""
     import mlflow

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import ROOT, app, runs_of, subprocess_env
+from helpers import ROOT, app, poll_store, runs_of, subprocess_env
 from helpers import build_model, compile_model
 from logitlab.train.checkpoint import CHECKPOINT_DIR, Checkpoint, enabled, restore
 
@@ -67,11 +66,7 @@ def test_checkpointing_is_on_inside_a_slurm_job_by_default(monkeypatch):
 
 
 def _epochs_logged(db: Path) -> list[int]:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return [r[0] for r in con.execute("SELECT step FROM metrics WHERE key = 'loss' ORDER BY step")]
-    except sqlite3.Error:
-        return []
+    return [r[0] for r in poll_store(db, "SELECT step FROM metrics WHERE key = 'loss' ORDER BY step")]
 
 
 @pytest.mark.slow
@@ -122,20 +117,12 @@ def test_a_job_killed_mid_training_resumes_its_run_and_ends_as_an_uninterrupted_
 
 
 def _finished(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return con.execute("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                               "WHERE t.key = 'logitlab.config_hash' AND r.status = 'FINISHED'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return len(poll_store(db, "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                              "WHERE t.key = 'logitlab.config_hash' AND r.status = 'FINISHED'"))
 
 
 def _complete_trials(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return len(poll_store(db, "SELECT trial_id FROM trials WHERE state = 'COMPLETE'"))
 
 
 @pytest.mark.slow

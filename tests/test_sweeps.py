@@ -2,12 +2,11 @@
 parallel processes writing to one store, failing jobs that leave the others running, submitit,
 and optuna's search over the learning rate."""
 
-import contextlib
 import subprocess
 
 import pytest
 
-from helpers import PYTHON, ROOT, app, parents_and_children, subprocess_env, tiny_blobs
+from helpers import PYTHON, ROOT, app, parents_and_children, poll_store, subprocess_env, tiny_blobs
 from logitlab.schema import compose_params
 from logitlab.stages.cores import THREAD_VARIABLES
 
@@ -95,16 +94,9 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
 
 
 def _running_jobs(db) -> int:
-    """How many child runs are RUNNING in the SQLite store `db`, read without MLflow (which would
-    create the tables the sweep is creating)."""
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
-            return conn.execute("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                                "AND t.key = 'mlflow.parentRunId' WHERE r.status = 'RUNNING'").fetchone()[0]
-    except sqlite3.Error:  # not there yet, its tables not made yet, or busy
-        return 0
+    """How many child runs are RUNNING in the SQLite store `db`."""
+    return len(poll_store(db, "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                              "AND t.key = 'mlflow.parentRunId' WHERE r.status = 'RUNNING'"))
 
 
 @pytest.mark.slow
