@@ -2,6 +2,7 @@
 parallel processes writing to one store, failing jobs that leave the others running, submitit,
 and optuna's search over the learning rate."""
 
+import contextlib
 import subprocess
 
 import pytest
@@ -65,8 +66,6 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
     for run in jobs:
         by_shape.setdefault((run.data.tags["head"], run.data.tags["trainer"]), set()).add(run.data.tags["logitlab.pid"])
     assert all(len(p) == 1 for p in by_shape.values()), f"a head and trainer's seeds in one worker: {by_shape}"
-    started = {float(r.data.tags["logitlab.process_start"]) for r in jobs}
-    assert max(started) < parent.info.start_time / 1000, "the workers started before the sweep's run (Workers)"
     assert sorted(int(r.data.tags["hydra.job.num"]) for r in jobs) == list(range(8))
 
     # The report over the experiment: seeds aggregate as mean, std and a 95% interval.
@@ -91,6 +90,10 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
     [second] = [p for p in parents if p != parent_id]
     assert len(children[second]) == 1 and len(children[parent_id]) == 8
     assert parents[second].data.tags["logitlab.sweep_id"] != parent.data.tags["logitlab.sweep_id"]
+
+
+RUNNING_PIDS = ("SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'logitlab.pid' "
+                "WHERE r.status = 'RUNNING' AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId')")
 
 
 def _running_jobs(db) -> int:
@@ -123,9 +126,11 @@ def test_a_killed_parallel_sweeps_workers_end_with_it(tmp_path, blobs):
             time.sleep(1)
             running = _running_jobs(tmp_path / "mlflow.db")
         assert proc.poll() is None and running == 2, "two jobs training, one in each worker"
-        children = psutil.Process(proc.pid).children()  # the workers, and joblib's resource trackers
-        workers = [p for p in children if "popen_loky_posix" in " ".join(p.cmdline())]
-        assert len(workers) == 2
+        # the workers (by the running runs' pids: on Linux they are the fork server's children), the
+        # fork server and the resource trackers, all stopped in the end
+        children = psutil.Process(proc.pid).children(recursive=True)
+        workers = [psutil.Process(int(pid)) for (pid,) in poll_store(tmp_path / "mlflow.db", RUNNING_PIDS)]
+        assert len(workers) == 2 and all(w in children for w in workers)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         gone, alive = psutil.wait_procs(workers, timeout=45)
@@ -265,6 +270,32 @@ print(Parallel(n_jobs=2)(delayed(os.getenv)(name) for name in ("TF_NUM_INTRAOP_T
 """
 
 
+def test_a_refused_parallel_sweep_leaves_no_process_behind(tmp_path):
+    """A parallel train sweep starts its fork server before its check (stages/workers.fork_server);
+    when the check refuses a job, the command ends with its one error line, and the server, which
+    would have gone on importing TensorFlow for seconds and printing after it, is stopped with it."""
+    import os
+
+    import psutil
+
+    proc = subprocess.Popen(app("train", "-m", "hydra/launcher=parallel", "optimizer.lr=0.01,-1",
+                                f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+                            cwd=tmp_path, env=subprocess_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, stderr = proc.communicate(timeout=120)  # the pipe closes when every process holding it has gone
+    left = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(process.pid) == proc.pid and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(process)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    assert proc.returncode == 2
+    assert stderr.strip().splitlines()[-1] == ("logitlab train: error: sweep job 1 (optimizer.lr=-1): optimizer.lr "
+                                               "must be a positive number, got -1.0")
+    assert not left, [p.cmdline() for p in left]
+
+
 @pytest.mark.parametrize(("launcher", "preset", "expected"), [
     ("hydra/launcher=parallel", {}, "share"),
     ("hydra/launcher=parallel", {"TF_NUM_INTRAOP_THREADS": "3"}, "3 and share"),
@@ -287,7 +318,7 @@ def test_joblib_workers_get_their_share_of_the_cores(launcher, preset, expected)
 
 
 WARM_WORKERS = COMPOSED + """
-import json, pickle
+import json, os, pickle
 from hydra.utils import instantiate
 from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 from joblib import Parallel, delayed
@@ -297,7 +328,8 @@ from logitlab.stages.workers import Workers
 def probe():
     import os
     return os.getpid(), sorted(m for m in ("tensorflow", "mlflow", "logitlab.stages.train", "matplotlib.figure",
-                                           "mlflow.store.tracking.sqlalchemy_store") if m in sys.modules)
+                                           "mlflow.store.tracking.sqlalchemy_store") if m in sys.modules), [
+        os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")]
 
 
 workers = Workers()
@@ -308,7 +340,7 @@ joblib_cfg = dict(launcher.joblib, backend="loky")
 process_joblib_cfg(joblib_cfg)
 seen = Parallel(**joblib_cfg)(delayed(probe)() for _ in range(4))
 workers.on_multirun_end(config)
-print(json.dumps(seen))
+print(json.dumps([seen, os.environ.get("OMP_NUM_THREADS")]))
 """
 
 
@@ -318,19 +350,26 @@ def test_a_parallel_sweeps_workers_have_imported_the_app_before_its_first_job(ap
     app's modules and those its jobs import on first use (MLflow's SQL store, matplotlib's Figure),
     before the sweep is checked; the launcher's jobs then run in those same processes (joblib's
     reusable executor, made with the launcher's settings), which have imported everything before
-    the first job starts. Another app's sweep starts no worker early."""
+    the first job starts (on Linux, forked from a server that imported them). Another app's sweep
+    starts no worker early. Either way each worker has joblib's limits on OpenMP and BLAS threads and
+    its share of TensorFlow's, and the sweep's own process keeps its environment."""
     import json
+    import os
 
+    env = {k: v for k, v in subprocess_env().items() if k not in (*THREAD_VARIABLES, "OMP_NUM_THREADS",
+                                                                   "OPENBLAS_NUM_THREADS")}
     proc = subprocess.run([PYTHON, "-c", WARM_WORKERS, str(ROOT / "conf"), "hydra/launcher=parallel",
-                           f"hydra.job.name={app_name}"], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
+                           f"hydra.job.name={app_name}"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len({pid for pid, _ in seen}) <= 2
-    imported = [modules for _, modules in seen]
+    seen, parent_omp = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len({pid for pid, _, _ in seen}) <= 2
+    imported = [modules for _, modules, _ in seen]
     expected = ["logitlab.stages.train", "matplotlib.figure", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
                 "tensorflow"] if warm else []
     assert imported == [expected] * 4, imported
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert [threads for _, _, threads in seen] == [[share, share, share]] * 4
+    assert parent_omp is None
 
 
 @pytest.mark.parametrize(("jobs", "runs"), [
