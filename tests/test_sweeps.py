@@ -296,6 +296,28 @@ def test_a_refused_parallel_sweep_leaves_no_process_behind(tmp_path):
     assert not left, [p.cmdline() for p in left]
 
 
+def test_without_a_fork_server_the_workers_import_for_themselves(monkeypatch, caplog):
+    """Where multiprocessing cannot start its fork server (no Unix socket, say), the sweep goes on:
+    loky starts its workers as before, each importing the app (start_workers' warm-up), with one
+    warning, and this process's environment is left as it was."""
+    import os
+    from multiprocessing import forkserver
+
+    from joblib.externals.loky.backend.context import get_start_method
+
+    from logitlab.stages.workers import fork_server
+
+    def refused() -> None:
+        raise OSError("AF_UNIX path too long")
+
+    monkeypatch.setattr(forkserver, "ensure_running", refused)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    assert fork_server("train", 2) is False
+    assert get_start_method() is None and dict(os.environ) == before
+    assert "no fork server for the sweep's workers (AF_UNIX path too long)" in caplog.text
+
+
 @pytest.mark.parametrize(("launcher", "preset", "expected"), [
     ("hydra/launcher=parallel", {}, "share"),
     ("hydra/launcher=parallel", {"TF_NUM_INTRAOP_THREADS": "3"}, "3 and share"),

@@ -125,8 +125,8 @@ def fork_server(app: str, workers: int) -> bool:
     the app's modules once (WARM_MODULE), while this process checks the sweep and opens its MLflow
     run; each worker then starts with everything imported, instead of importing it itself (~5 s a
     worker, on the cores the check needs too). Measured on 2 cores (AMD EPYC), the numerics study's
-    45-job subset, alternating: 24.9-25.9 s against 27.1-31.7 s (four runs each); its first job
-    started 3.7-4.0 s after the sweep's first log line, against 6.2-6.7 s.
+    45-job subset, alternating: 24.0-27.3 s against 28.2-30.7 s (three runs each); its first job
+    started 6.8-7.7 s after the command, against 9.7-10.9 s.
 
     The server has the environment loky would give the workers (joblib's limits on OpenMP and BLAS
     threads, and share_cores's TensorFlow threads), since the workers inherit the server's. The
@@ -148,6 +148,9 @@ def fork_server(app: str, workers: int) -> bool:
     os.environ.update(limits)
     try:
         forkserver.ensure_running()  # returns at once; the server imports while this process goes on
+    except OSError as exc:  # no Unix socket or pipe for it here: the workers import for themselves
+        log.warning("no fork server for the sweep's workers (%s); each imports the app itself", exc)
+        return False
     finally:
         for name in limits:
             del os.environ[name]
