@@ -282,11 +282,14 @@ def test_a_refused_parallel_sweep_leaves_no_process_behind(tmp_path):
                                 f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
                             cwd=tmp_path, env=subprocess_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, stderr = proc.communicate(timeout=120)  # the pipe closes when every process holding it has gone
-    left = []
+    session = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):
             if os.getsid(process.pid) == proc.pid and process.status() != psutil.STATUS_ZOMBIE:
-                left.append(process)
+                session.append(process)
+    # one may still be exiting (its files closed, its memory going: multiprocessing's resource
+    # tracker, after the sweep's end closed its pipe); a fork server left importing takes seconds
+    _, left = psutil.wait_procs(session, timeout=2) if session else ([], [])
     for process in left:
         with contextlib.suppress(psutil.Error):
             process.kill()
