@@ -299,6 +299,26 @@ def test_a_refused_parallel_sweep_leaves_no_process_behind(tmp_path):
     assert not left, [p.cmdline() for p in left]
 
 
+STOPPED_SERVER = """
+import psutil
+from logitlab.stages.workers import _fork_servers, fork_server, stop_fork_server
+
+assert fork_server("train", 2)
+[server] = _fork_servers()
+stop_fork_server()  # what a sweep refused by its check does before its error line
+print(psutil.pid_exists(server.pid))
+"""
+
+
+def test_a_sweep_that_ends_before_its_launch_stops_its_fork_server_before_its_error_line():
+    """The fork server is gone (stopped and reaped) when stop_fork_server returns, so nothing it
+    imports can print after the error line the sweep prints next (stages/sweep_check.py)."""
+    proc = subprocess.run([PYTHON, "-c", STOPPED_SERVER], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_without_a_fork_server_the_workers_import_for_themselves(monkeypatch, caplog):
     """Where multiprocessing cannot start its fork server (no Unix socket, say), the sweep goes on:
     loky starts its workers as before, each importing the app (start_workers' warm-up), with one

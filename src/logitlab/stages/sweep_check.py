@@ -69,6 +69,9 @@ class SweepCheck(Callback):
         try:
             check_sweep(config, loader, composer)
         except UserError as exc:  # Hydra would only warn about an exception, and launch the sweep
+            from logitlab.stages.workers import stop_fork_server
+
+            stop_fork_server()
             print(f"logitlab {config.hydra.job.name}: error: {redact_text(str(exc))}", file=sys.stderr)
             sys.exit(exc.exit_code)
         install(loader, composer)  # the jobs composed as checked, from the compositions the check made

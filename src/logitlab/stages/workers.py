@@ -186,6 +186,13 @@ def _stop(processes: list[Any]) -> None:
     psutil.wait_procs(processes, timeout=1)  # reaped: no zombie left behind
 
 
+def stop_fork_server() -> None:
+    """Before a sweep that ends before its launch prints its one error line (refused by its check, a
+    store that does not answer): the fork server, still importing, would print TensorFlow's start-up
+    lines after it, as this process exits."""
+    _stop(_stopped_at_exit)
+
+
 def start_workers(config: DictConfig) -> Any:
     """On the joblib launcher, for a tracked app: the launcher's worker processes get the app's modules
     (TensorFlow, Keras, MLflow: ~5 s a process) while this process checks the sweep and opens its
