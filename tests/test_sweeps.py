@@ -301,7 +301,7 @@ def test_a_refused_parallel_sweep_leaves_no_process_behind(tmp_path):
 
 STOPPED_SERVER = """
 import psutil
-from logitlab.stages.workers import _fork_servers, fork_server, stop_fork_server
+from logitlab.stages.forking import _fork_servers, fork_server, stop_fork_server
 
 assert fork_server("train", 2)
 [server] = _fork_servers()
@@ -328,7 +328,7 @@ def test_without_a_fork_server_the_workers_import_for_themselves(monkeypatch, ca
 
     from joblib.externals.loky.backend.context import get_start_method
 
-    from logitlab.stages.workers import fork_server
+    from logitlab.stages.forking import fork_server
 
     def refused() -> None:
         raise OSError("AF_UNIX path too long")

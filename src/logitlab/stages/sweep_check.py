@@ -69,7 +69,7 @@ class SweepCheck(Callback):
         try:
             check_sweep(config, loader, composer)
         except UserError as exc:  # Hydra would only warn about an exception, and launch the sweep
-            from logitlab.stages.workers import stop_fork_server
+            from logitlab.stages.forking import stop_fork_server
 
             stop_fork_server()
             print(f"logitlab {config.hydra.job.name}: error: {redact_text(str(exc))}", file=sys.stderr)

@@ -7,11 +7,9 @@ of jobs that share their traced graphs (`batch_by_traces`)."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -20,6 +18,7 @@ from omegaconf import DictConfig
 
 from logitlab.errors import UserError
 from logitlab.stages.cores import worker_env
+from logitlab.stages.forking import fork_server
 from logitlab.stages.job import TRACKED_APPS
 from logitlab.stages.sweep_check import BASIC_SWEEPER, grid_jobs
 
@@ -112,85 +111,6 @@ def _import_app(app: str) -> str | None:
     except BaseException as exc:  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-# The module the fork server imports before it forks a train sweep's workers (`fork_server`).
-WARM_MODULE = "logitlab.stages.warm"
-_stopped_at_exit: list[Any] = []  # the fork server, once started: stopped as this process exits
-
-
-def fork_server(app: str, workers: int) -> bool:
-    """On Linux, for the train app: the joblib launcher's workers are forked from a server process
-    (multiprocessing's fork server, a start method loky supports) that is started now and imports
-    the app's modules once (WARM_MODULE), while this process checks the sweep and opens its MLflow
-    run; each worker then starts with everything imported, instead of importing it itself (~5 s a
-    worker, on the cores the check needs too). Measured on 2 cores (AMD EPYC), the numerics study's
-    45-job subset, alternating: 24.0-27.3 s against 28.2-30.7 s (three runs each); its first job
-    started 6.8-7.7 s after the command, against 9.7-10.9 s.
-
-    The server has the environment loky would give the workers (joblib's limits on OpenMP and BLAS
-    threads, and share_cores's TensorFlow threads), since the workers inherit the server's. The
-    server is started before anything of TensorFlow has run (it only imports), and it is one per
-    process: a later sweep in the same process reuses it, as loky reuses its executor. Returns
-    whether the workers will be forked; elsewhere (macOS, where a fork without exec is not safe and
-    Python's own default is spawn, and Windows) loky starts them as before, and start_workers warms
-    them up."""
-    if app != "train" or not sys.platform.startswith("linux"):
-        return False
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    from joblib._parallel_backends import LokyBackend
-    from joblib.externals.loky.backend.context import set_start_method
-
-    multiprocessing.get_context("forkserver").set_forkserver_preload([WARM_MODULE])
-    limits = {k: v for k, v in LokyBackend()._prepare_worker_env(n_jobs=workers).items() if k not in os.environ}
-    os.environ.update(limits)
-    try:
-        forkserver.ensure_running()  # returns at once; the server imports while this process goes on
-    except OSError as exc:  # no Unix socket or pipe for it here: the workers import for themselves
-        log.warning("no fork server for the sweep's workers (%s); each imports the app itself", exc)
-        return False
-    finally:
-        for name in limits:
-            del os.environ[name]
-    if not _stopped_at_exit:
-        _stopped_at_exit.extend(_fork_servers())
-        atexit.register(_stop, _stopped_at_exit)
-    set_start_method("forkserver", force=True)  # the launcher's loky executor forks its workers there
-    return True
-
-
-def _fork_servers() -> list[Any]:
-    """This process's fork server (multiprocessing's, started by ensure_running), as psutil sees it."""
-    import psutil
-
-    found = []
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.Error):
-            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
-                found.append(child)
-    return found
-
-
-def _stop(processes: list[Any]) -> None:
-    """At this process's exit: the fork server goes too. It would otherwise stay until its workers
-    have gone, or, after a sweep refused by its check, import TensorFlow for seconds after the
-    command has exited, printing TensorFlow's start-up lines after the sweep's error. Workers already
-    forked do not need it."""
-    import psutil
-
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    psutil.wait_procs(processes, timeout=1)  # reaped: no zombie left behind
-
-
-def stop_fork_server() -> None:
-    """Before a sweep that ends before its launch prints its one error line (refused by its check, a
-    store that does not answer): the fork server, still importing, would print TensorFlow's start-up
-    lines after it, as this process exits."""
-    _stop(_stopped_at_exit)
 
 
 def start_workers(config: DictConfig) -> Any:
