@@ -92,14 +92,11 @@ def test_parallel_launcher_loses_no_run_and_a_relaunch_is_a_new_parent(tmp_path,
     assert parents[second].data.tags["logitlab.sweep_id"] != parent.data.tags["logitlab.sweep_id"]
 
 
-RUNNING_PIDS = ("SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'logitlab.pid' "
-                "WHERE r.status = 'RUNNING' AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId')")
-
-
-def _running_jobs(db) -> int:
-    """How many child runs are RUNNING in the SQLite store `db`."""
-    return len(poll_store(db, "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                              "AND t.key = 'mlflow.parentRunId' WHERE r.status = 'RUNNING'"))
+def _running_jobs(db) -> list[int]:
+    """The process ids of the child runs RUNNING in the SQLite store `db` (each run's logitlab.pid)."""
+    return [int(pid) for (pid,) in poll_store(
+        db, "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'logitlab.pid' "
+            "WHERE r.status = 'RUNNING' AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId')")]
 
 
 @pytest.mark.slow
@@ -121,16 +118,16 @@ def test_a_killed_parallel_sweeps_workers_end_with_it(tmp_path, blobs):
                             start_new_session=True)
     children: list = []
     try:
-        deadline, running = time.monotonic() + 240, 0
-        while time.monotonic() < deadline and proc.poll() is None and running < 2:
+        deadline, running = time.monotonic() + 240, []
+        while time.monotonic() < deadline and proc.poll() is None and len(running) < 2:
             time.sleep(1)
             running = _running_jobs(tmp_path / "mlflow.db")
-        assert proc.poll() is None and running == 2, "two jobs training, one in each worker"
+        assert proc.poll() is None and len(running) == 2, "two jobs training, one in each worker"
         # the workers (by the running runs' pids: on Linux they are the fork server's children), the
         # fork server and the resource trackers, all stopped in the end
         children = psutil.Process(proc.pid).children(recursive=True)
-        workers = [psutil.Process(int(pid)) for (pid,) in poll_store(tmp_path / "mlflow.db", RUNNING_PIDS)]
-        assert len(workers) == 2 and all(w in children for w in workers)
+        workers = [psutil.Process(pid) for pid in running]
+        assert all(w in children for w in workers)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         gone, alive = psutil.wait_procs(workers, timeout=45)

@@ -89,7 +89,8 @@ def _stop(processes: list[Any]) -> None:
 
 
 def stop_fork_server() -> None:
-    """Before a sweep that ends before its launch prints its one error line (refused by its check, a
-    store that does not answer): the fork server, still importing, would print TensorFlow's start-up
-    lines after it, as this process exits."""
+    """Before a sweep refused by its check prints its one error line (stages/sweep_check): the fork
+    server, still importing, would print TensorFlow's start-up lines after it, as this process exits.
+    (MlflowSweep's error line for a store that does not answer at the start still relies on the stop
+    at exit.)"""
     _stop(_stopped_at_exit)

@@ -1,5 +1,5 @@
 """What the fork server of a parallel train sweep imports before it forks the workers
-(stages/workers.py, `fork_server`): the train app's modules, as a worker's first job imports them."""
+(stages/forking.py, `fork_server`): the train app's modules, as a worker's first job imports them."""
 
 from logitlab.stages.workers import _import_app
 
