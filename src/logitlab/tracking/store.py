@@ -64,7 +64,8 @@ def store_damaged(uri: str, reason: str) -> StoreDamaged:
     """The one line for a SQLite store that is no database or a damaged one. No stage reads the store
     to make its outputs, so a new store loses only the runs: the pipeline's are recorded again."""
     db = sqlite_path(uri) or redact_text(uri)
-    return StoreDamaged(f"tracking store {db} is damaged ({reason[:200]}); remake it: move it aside, then "
+    wal = f" with {db.name}-wal if there is one" if isinstance(db, Path) else ""  # a crashed writer's last commits
+    return StoreDamaged(f"tracking store {db} is damaged ({reason[:200]}); remake it: move it aside{wal}, then "
                         "dvc repro -f records the pipeline's runs in a new store")
 
 
@@ -154,9 +155,29 @@ def setup(tracking: Any, root: Path, create: bool = True) -> str | None:
                 if _busy(exc):
                     raise
             experiment = store_call("open experiment " + repr(name), mlflow.get_experiment_by_name, name)
+        if db is not None and create:
+            write_ahead(db)
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     _active.update(experiment=(uri, name), experiment_id=experiment.experiment_id)
     return experiment.experiment_id
+
+
+def write_ahead(db: Path) -> None:
+    """Put a SQLite store in write-ahead-log mode (once: SQLite keeps the mode in the file). In its
+    default mode, SQLite writes, syncs and deletes a journal file on every commit, and a run makes
+    some twenty; in WAL mode a commit appends to `mlflow.db-wal`, and readers (`mlflow ui`, a
+    parallel stage) no longer wait for a writer. The last connection to close folds the log back
+    into the database and deletes it: when no process has the store open, `mlflow.db` is the whole
+    store again. (SQLite's WAL needs every process on one machine: a shared disk wants a tracking
+    server, which conf/hydra/launcher/slurm.yaml asks for anyway.) A store another process holds
+    locked now is left as it is: the next process to open it tries again."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=0.1)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        log.debug("tracking store %s: journal mode left as it is (%s)", db, exc)
 
 
 # The store and experiment `setup` made active in this process: each job of an in-process sweep
