@@ -267,16 +267,27 @@ print(Parallel(n_jobs=2)(delayed(os.getenv)(name) for name in ("TF_NUM_INTRAOP_T
 """
 
 
-def test_a_refused_parallel_sweep_leaves_no_process_behind(tmp_path):
+REFUSED_BY_THE_CHECK = (["optimizer.lr=0.01,-1"], 2, "logitlab train: error: sweep job 1 (optimizer.lr=-1): "
+                        "optimizer.lr must be a positive number, got -1.0")
+# the sweep's MLflow run cannot start: its store does not answer (port 9, discard: nothing listens)
+STORE_DOWN = (["optimizer.lr=0.01,0.02", "tracking.uri=http://127.0.0.1:9", "tracking.retries=0",
+               "tracking.timeout_s=1"], 1, "logitlab sweep: error: tracking store http://127.0.0.1:9 failed to open "
+              "experiment 'logitlab': ")
+
+
+@pytest.mark.parametrize("overrides, code, error", [REFUSED_BY_THE_CHECK, STORE_DOWN], ids=["check", "store"])
+def test_a_parallel_sweep_that_ends_before_its_launch_leaves_no_process_behind(tmp_path, overrides, code, error):
     """A parallel train sweep starts its fork server before its check (stages/workers.fork_server);
-    when the check refuses a job, the command ends with its one error line, and the server, which
-    would have gone on importing TensorFlow for seconds and printing after it, is stopped with it."""
+    when the check refuses a job, or the sweep's store does not answer, the command ends with its one
+    error line, and the server, which would have gone on importing TensorFlow for seconds and
+    printing after it, is stopped with it."""
     import os
 
     import psutil
 
-    proc = subprocess.Popen(app("train", "-m", "hydra/launcher=parallel", "optimizer.lr=0.01,-1",
-                                f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+    store = [] if any(o.startswith("tracking.uri=") for o in overrides) else [f"tracking.uri='sqlite:///{tmp_path / 'mlflow.db'}'"]
+    proc = subprocess.Popen(app("train", "-m", "hydra/launcher=parallel", *overrides, *store,
+                                f"hydra.sweep.dir={tmp_path / 'sweep'}"),
                             cwd=tmp_path, env=subprocess_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, stderr = proc.communicate(timeout=120)  # the pipe closes when every process holding it has gone
     session = []
@@ -290,9 +301,8 @@ def test_a_refused_parallel_sweep_leaves_no_process_behind(tmp_path):
     for process in left:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    assert proc.returncode == 2
-    assert stderr.strip().splitlines()[-1] == ("logitlab train: error: sweep job 1 (optimizer.lr=-1): optimizer.lr "
-                                               "must be a positive number, got -1.0")
+    assert proc.returncode == code
+    assert stderr.strip().splitlines()[-1].startswith(error)
     assert not left, [p.cmdline() for p in left]
 
 

@@ -1,8 +1,9 @@
 """A parallel train sweep's fork server (Linux): the process its joblib workers are forked from,
 which imports the app's modules while the sweep is checked (`fork_server`, called by
 stages/workers.start_workers), and is stopped before a sweep that ends before its launch prints its
-error line (`stop_fork_server`, called by stages/sweep_check) or, otherwise, as the sweep's process
-exits. Apart from stages/workers.py, so that the sweep's check can stop it without an import cycle."""
+error line (`stop_fork_server`, called by stages/sweep_check and stages/sweep) or, otherwise, as
+the sweep's process exits. Apart from stages/workers.py, so that the sweep's check can stop it
+without an import cycle."""
 
 from __future__ import annotations
 
@@ -89,8 +90,7 @@ def _stop(processes: list[Any]) -> None:
 
 
 def stop_fork_server() -> None:
-    """Before a sweep refused by its check prints its one error line (stages/sweep_check): the fork
-    server, still importing, would print TensorFlow's start-up lines after it, as this process exits.
-    (MlflowSweep's error line for a store that does not answer at the start still relies on the stop
-    at exit.)"""
+    """Before a sweep that ends before its launch prints its one error line (refused by its check,
+    stages/sweep_check; its store does not answer, stages/sweep.MlflowSweep): the fork server, still
+    importing, would print TensorFlow's start-up lines after it, as this process exits."""
     _stop(_stopped_at_exit)

@@ -135,6 +135,9 @@ class MlflowSweep(Callback):
         try:
             self._start(config)
         except (UserError, RunFailed) as exc:  # Hydra would only warn, and launch every job into the error
+            from logitlab.stages.forking import stop_fork_server
+
+            stop_fork_server()  # nothing it imports prints after the error line (as stages/sweep_check does)
             print(f"logitlab sweep: error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
 
