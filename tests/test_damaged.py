@@ -7,21 +7,14 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import PYTHON, app, runs_of, subprocess_env, tiny_blobs
 
+STORE_REMAKE = "remake it: move it aside, then dvc repro -f records the pipeline's runs in a new store"
 STUDY_REMAKE = "remake it: move it aside and launch the sweep again: its optuna study starts afresh"
-
-
-def store_remake(db: Path) -> str:
-    """What the line says to do with a damaged store: its write-ahead log goes with it (a writer that
-    crashed leaves one, holding its last commits)."""
-    return (f"remake it: move it aside with {db.name}-wal if there is one, then dvc repro -f records the pipeline's "
-            "runs in a new store")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +71,7 @@ def test_store_calls_stop_at_once_on_a_damaged_store_and_wait_out_a_locked_one(r
         finally:
             mlflow.set_tracking_uri(None)
         reason = "database disk image is malformed" if how == "truncated" else "file is not a database"
-        assert str(caught.value) == f"tracking store {db} is damaged ({reason}); {store_remake(db)}"
+        assert str(caught.value) == f"tracking store {db} is damaged ({reason}); {STORE_REMAKE}"
         assert caught.value.exit_code == 2
     assert "busy" not in caplog.text, "never retried"
     locked = sqlite3.connect(real_store, timeout=0)
@@ -109,7 +102,7 @@ def test_a_damaged_tracking_store_is_one_line_naming_it(tmp_path, blobs, real_st
     before = db.read_bytes()
     proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     reason = "database disk image is malformed" if how == "truncated" else "file is not a database"
-    assert one_line(proc, command) == f"tracking store {db} is damaged ({reason}); {store_remake(db)}"
+    assert one_line(proc, command) == f"tracking store {db} is damaged ({reason}); {STORE_REMAKE}"
     assert db.read_bytes() == before, "the damaged store is left as it was, for whoever wants to rescue runs"
     assert not (tmp_path / "job" / "model.keras").exists() and not (tmp_path / "report").exists()
 

@@ -2,11 +2,9 @@
 the workers, a failure that stops the rest; the registry's aliases crowned by stages at once; the
 real pipeline with two workers against a serial run, and a planted failure in it."""
 
-import contextlib
 import json
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -366,11 +364,6 @@ def aliases(project: Path) -> dict:
 @pytest.mark.slow
 def test_two_workers_give_what_a_serial_run_gives(pipelines):
     serial, parallel = pipelines["serial"], pipelines["parallel"]
-    # Its processes wrote the store ahead (tracking/store.write_ahead), and the last of them to close
-    # it folded the log back in: the store is one file again. (Looked at before anything here opens it.)
-    assert not (parallel / "mlflow.db-wal").exists()
-    with contextlib.closing(sqlite3.connect(parallel / "mlflow.db")) as db:
-        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     out = pipelines["parallel_run"].stdout + pipelines["parallel_run"].stderr
     assert pipelines["parallel_run"].stdout.count("Running stage") == 4 + len(VARIANTS) + 1, out[-4000:]
     for proc in (pipelines["serial_run"], pipelines["parallel_run"]):

@@ -182,53 +182,6 @@ def test_setup_leaves_the_users_environment_alone(tmp_path, monkeypatch):
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
 
 
-def journal_mode(db: Path) -> str:
-    import contextlib
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(db)) as con:
-        return con.execute("PRAGMA journal_mode").fetchone()[0]
-
-
-def test_a_sqlite_store_new_or_old_is_written_ahead(tmp_path):
-    """A commit appends to the write-ahead log instead of writing, syncing and deleting a journal
-    file (tracking/store.write_ahead): a store made now, and one made in SQLite's default mode before
-    (here by MLflow alone, as an earlier logitlab did), the next time a process opens it to write."""
-    import subprocess
-    import sys
-
-    new = tmp_path / "new" / "mlflow.db"
-    setup(TrackingConf(uri=f"sqlite:///{new}"), ROOT)
-    assert journal_mode(new) == "wal"
-
-    old = tmp_path / "old.db"
-    made = subprocess.run([sys.executable, "-c", "import sys, mlflow; mlflow.set_tracking_uri(sys.argv[1]); "
-                           "mlflow.create_experiment('logitlab')", f"sqlite:///{old}"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    assert made.returncode == 0, made.stderr[-2000:]
-    assert journal_mode(old) == "delete"
-    setup(TrackingConf(uri=f"sqlite:///{old}"), ROOT)
-    assert journal_mode(old) == "wal"
-
-
-def test_a_store_locked_by_another_process_keeps_its_mode_and_opens(tmp_path):
-    import contextlib
-    import sqlite3
-
-    from logitlab.tracking.store import write_ahead
-
-    db = tmp_path / "mlflow.db"
-    with contextlib.closing(sqlite3.connect(db)) as con:
-        con.execute("CREATE TABLE t (x)")
-    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as holder:
-        holder.execute("BEGIN EXCLUSIVE")  # another writer, mid-transaction
-        write_ahead(db)  # no error: the next process to open the store tries again
-        holder.execute("COMMIT")
-    assert journal_mode(db) == "delete"
-    write_ahead(db)
-    assert journal_mode(db) == "wal"
-
-
 def test_outputs_hold_the_decision_grid_the_report_draws(trained):
     import keras
 
