@@ -114,7 +114,7 @@ def store_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 # A SQLite store stays in SQLite's default (rollback journal) mode. WAL mode saved ~15 ms of a
 # tracked run's commits, within this machine's drift, but its -wal and -shm files belong to the
-# database they sit beside: a store moved aside (this README's advice for a damaged one, and the
+# database they sit beside: a store moved aside (the README's advice for a damaged one, and the
 # pipeline test's "no store") while any process still had it open left them to the new store,
 # which then failed with "disk I/O error"; and a process that exits without closing its
 # connections (these processes freeze their objects at exit) leaves its commits in the -wal file.
