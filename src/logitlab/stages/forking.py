@@ -65,9 +65,19 @@ def fork_server(app: str, workers: int) -> bool:
 
 
 def _fork_servers() -> list[Any]:
-    """This process's fork server (multiprocessing's, started by ensure_running), as psutil sees it."""
+    """This process's fork server (multiprocessing's, started by ensure_running), as psutil sees it:
+    by the pid multiprocessing keeps for it (`_forkserver_pid`, a private attribute), else among this
+    process's children by its command line. The pid comes first because ensure_running returns once
+    it has forked the server, maybe before the server has exec'd: until then its command line is this
+    process's, and under load a search by command line found nothing, so the server was never
+    stopped and printed TensorFlow's lines after a refused sweep's error line."""
     import psutil
+    from multiprocessing import forkserver
 
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if isinstance(pid, int):
+        with contextlib.suppress(psutil.Error):
+            return [psutil.Process(pid)]
     found = []
     for child in psutil.Process().children():
         with contextlib.suppress(psutil.Error):
