@@ -1,7 +1,7 @@
 """A parallel train sweep's fork server (Linux): the process its joblib workers are forked from,
 which imports the app's modules while the sweep is checked (`fork_server`, called by
 stages/workers.start_workers), and is stopped before a sweep that ends before its launch prints its
-error line (`stop_fork_server`, called by stages/sweep_check and stages/sweep) or, otherwise, as
+error line (`exit_before_launch`, called by stages/sweep_check and stages/sweep) or, otherwise, as
 the sweep's process exits. Apart from stages/workers.py, so that the sweep's check can stop it
 without an import cycle."""
 
@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,15 @@ def _stop(processes: list[Any]) -> None:
 
 
 def stop_fork_server() -> None:
-    """Before a sweep that ends before its launch prints its one error line (refused by its check,
-    stages/sweep_check; its store does not answer, stages/sweep.MlflowSweep): the fork server, still
-    importing, would print TensorFlow's start-up lines after it, as this process exits."""
+    """Stop this process's fork server now (and reap it), rather than as the process exits."""
     _stop(_stopped_at_exit)
+
+
+def exit_before_launch(line: str, code: int) -> NoReturn:
+    """How a sweep that ends before its launch ends (refused by its check, stages/sweep_check; its
+    store does not answer, stages/sweep.MlflowSweep): the fork server is stopped first, since, still
+    importing, it would print TensorFlow's start-up lines after the error line; then the one error
+    line, and the exit with `code`."""
+    stop_fork_server()
+    print(line, file=sys.stderr)
+    sys.exit(code)

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 
 from logitlab.errors import RunFailed, StoreDamaged, UserError
 from logitlab.files import check_sqlite, write_json
+from logitlab.stages.forking import exit_before_launch
 from logitlab.stages.job import (
     CONFIG_HASH_TAG,
     KIND_TAG,
@@ -135,11 +136,7 @@ class MlflowSweep(Callback):
         try:
             self._start(config)
         except (UserError, RunFailed) as exc:  # Hydra would only warn, and launch every job into the error
-            from logitlab.stages.forking import stop_fork_server
-
-            stop_fork_server()  # nothing it imports prints after the error line (as stages/sweep_check does)
-            print(f"logitlab sweep: error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_before_launch(f"logitlab sweep: error: {exc}", exc.exit_code)
 
     def _start(self, config: DictConfig) -> None:
         from logitlab.errors import redact_logs, redact_text

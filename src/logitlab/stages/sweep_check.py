@@ -40,7 +40,6 @@ of it, typed from the config before it when both have the same keys (logitlab.sc
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +48,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from logitlab.errors import UserError, first_line, redact_text
+from logitlab.stages.forking import exit_before_launch
 from logitlab.stages.sweep_compose import SweepComposer, install, uninstall
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,7 @@ class SweepCheck(Callback):
         try:
             check_sweep(config, loader, composer)
         except UserError as exc:  # Hydra would only warn about an exception, and launch the sweep
-            from logitlab.stages.forking import stop_fork_server
-
-            stop_fork_server()
-            print(f"logitlab {config.hydra.job.name}: error: {redact_text(str(exc))}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_before_launch(f"logitlab {config.hydra.job.name}: error: {redact_text(str(exc))}", exc.exit_code)
         install(loader, composer)  # the jobs composed as checked, from the compositions the check made
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
