@@ -21,6 +21,7 @@ from logitlab.stages.parallel import (
     Plan,
     StageFailed,
     downstream,
+    repro_args,
     run,
     serial_order,
     without_hints,
@@ -163,6 +164,81 @@ def changed_stages(project: Path) -> set:
 def assert_dvc_locks_released(project: Path) -> None:
     rwlock = json.loads((project / ".dvc" / "tmp" / "rwlock").read_text())
     assert not rwlock.get("write") and not any(rwlock.get("read", {}).values()), f"DVC's locks still held: {rwlock}"
+
+
+# The forked workers run in a fresh Python (a scheduler is one thread; pytest's process is not), as
+# `make repro` runs them.
+FORK_ONE = """
+import json, os, sys, time
+from pathlib import Path
+from logitlab.stages.parallel import fork_dvc
+args, log, env, stop_after = json.loads(sys.argv[1])
+worker = fork_dvc(args, Path(log), Path.cwd() / "p", dict(os.environ, **env))
+print(worker.pid, flush=True)
+if stop_after:
+    time.sleep(stop_after)
+    os.killpg(worker.pid, 2)
+print(worker.wait(), os.getcwd(), "MARK" in os.environ)
+"""
+
+
+def fork_one(tmp_path: Path, args: list, env: dict, stop_after: float = 0) -> tuple[list, str]:
+    """`fork_dvc(args)` from a fresh scheduler in tmp_path on the project tmp_path/p: what it printed
+    (the child's pid; its exit, the scheduler's cwd, whether MARK is in its environment)
+    and the child's log."""
+    log = tmp_path / "stage.log"
+    proc = subprocess.run([PYTHON, "-c", FORK_ONE, json.dumps([args, str(log), env, stop_after])], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.split(), log.read_text()
+
+
+def test_a_forked_worker_runs_dvc_in_its_own_session_directory_and_environment(tmp_path):
+    session = "python -c 'import os; print(os.getsid(0))' > session.txt"
+    project = toy_project(tmp_path / "p", {"s": {"cmd": f"echo $MARK > s.txt && {session}", "outs": ["s.txt"]}})
+    (pid, code, cwd, marked), log = fork_one(tmp_path, repro_args("s"), {"MARK": "from-the-env"})
+    assert (project / "session.txt").read_text().strip() == pid, \
+        "the worker's own session, its command in it: a stop reaches the command through the worker's group"
+    assert code == "0" and "Running stage 's':" in log and "> echo $MARK > s.txt &&" in log, log
+    assert (project / "s.txt").read_text() == "from-the-env\n"
+    assert lock_of(project)["s"]["outs"][0]["path"] == "s.txt"
+    assert (cwd, marked) == (str(tmp_path), "False"), "the scheduler's own directory and environment unchanged"
+
+
+def test_ctrl_c_to_a_forked_worker_stops_its_command_and_releases_dvcs_locks(tmp_path):
+    project = toy_project(tmp_path / "p", {"slow": {"cmd": "sleep 60 && echo > slow.txt", "outs": ["slow.txt"]}})
+    started = time.monotonic()
+    (_, code, _, _), log = fork_one(tmp_path, repro_args("slow"), {}, stop_after=3)
+    assert time.monotonic() - started < 30, "the 60 s command was stopped"
+    assert int(code) != 0 and "Running stage 'slow':" in log, log
+    assert not (project / "slow.txt").exists() and changed_stages(project) == {"slow"}
+    assert_dvc_locks_released(project)
+
+
+def test_dvc_reads_its_yaml_with_libyaml():
+    """Each worker's DVC parses dvc.yaml and dvc.lock (~77 kB for this project) with ruamel.yaml's safe
+    loader: its C parser when ruamel.yaml.clib is installed (~0.06 s), else pure Python (~0.35 s)."""
+    from dvc.utils.serialize._yaml import parse_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None and YAML(typ="safe").Parser is CParser, "make setup installs ruamel.yaml.clib"
+    lock = (Path(__file__).parents[1] / "dvc.lock").read_text()
+    assert parse_yaml(lock, "dvc.lock") == YAML(typ="safe", pure=True).load(lock), "what pure Python reads"
+
+
+def test_the_plan_leaves_no_thread_behind_to_fork_from(tmp_path):
+    """DVC's progress bars start tqdm's monitor thread; forked from a process where it ran, a
+    worker would miss it and whatever lock it held."""
+    project = toy_project(tmp_path / "p", {"s": {"cmd": "cp in.txt s.txt", "deps": ["in.txt"], "outs": ["s.txt"]}})
+    (project / "in.txt").write_text("x" * 100)
+    script = ("import threading; from pathlib import Path; "
+              "from logitlab.stages.parallel import dvc_pipeline, forking_possible; "
+              "needs, changed = dvc_pipeline(Path.cwd()); "
+              "print(sorted(changed), [t.name for t in threading.enumerate()], forking_possible())")
+    proc = subprocess.run([PYTHON, "-c", script], cwd=tmp_path / "p", env=subprocess_env(), capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.strip() == "['s'] ['MainThread'] True", proc.stdout + proc.stderr
 
 
 @pytest.mark.slow  # a real app or server in a subprocess
