@@ -205,6 +205,12 @@ def test_a_forked_worker_runs_dvc_in_its_own_session_directory_and_environment(t
     assert (cwd, marked) == (str(tmp_path), "False"), "the scheduler's own directory and environment unchanged"
 
 
+def test_a_forked_worker_exits_as_the_dvc_process_would_when_dvc_exits(tmp_path):
+    (tmp_path / "p").mkdir()
+    (_, code, _, _), log = fork_one(tmp_path, ["--help"], {})  # argparse prints the help and exits 0
+    assert code == "0" and log.startswith("usage: dvc") and "Traceback" not in log, log
+
+
 def test_ctrl_c_to_a_forked_worker_stops_its_command_and_releases_dvcs_locks(tmp_path):
     project = toy_project(tmp_path / "p", {"slow": {"cmd": "sleep 60 && echo > slow.txt", "outs": ["slow.txt"]}})
     started = time.monotonic()

@@ -42,10 +42,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -215,6 +215,10 @@ def fork_dvc(args: list[str], log: Path, cwd: Path | None, env: Mapping[str, str
         from dvc.cli import main as dvc_main
 
         code = dvc_main(args)
+    except SystemExit as exc:  # what a `dvc` process would exit with
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
     except BaseException:  # noqa: BLE001 - whatever it was, it is the stage's log's
         import traceback
 
