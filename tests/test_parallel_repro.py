@@ -235,12 +235,13 @@ def test_dvc_reads_its_yaml_with_libyaml():
 
 def test_the_plan_leaves_no_thread_behind_to_fork_from(tmp_path):
     """DVC's progress bars start tqdm's monitor thread; forked from a process where it ran, a
-    worker would miss it and whatever lock it held."""
+    worker would miss it and whatever lock it held. (The plan, then DVC's command line loaded for
+    the workers, as `make repro` does.)"""
     project = toy_project(tmp_path / "p", {"s": {"cmd": "cp in.txt s.txt", "deps": ["in.txt"], "outs": ["s.txt"]}})
     (project / "in.txt").write_text("x" * 100)
     script = ("import threading; from pathlib import Path; "
-              "from logitlab.stages.parallel import dvc_pipeline, forking_possible; "
-              "needs, changed = dvc_pipeline(Path.cwd()); "
+              "from logitlab.stages.parallel import dvc_pipeline, forking_possible, load_dvc_command_line; "
+              "needs, changed = dvc_pipeline(Path.cwd()); load_dvc_command_line(); "
               "print(sorted(changed), [t.name for t in threading.enumerate()], forking_possible())")
     proc = subprocess.run([PYTHON, "-c", script], cwd=tmp_path / "p", env=subprocess_env(), capture_output=True,
                           text=True, check=True)
