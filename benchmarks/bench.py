@@ -486,7 +486,7 @@ def model_logging(mnist_run_s: float) -> dict[str, Any]:
         for _ in range(MODEL_LOGGING_TRIALS + 1):  # the first call imports MLflow's model code: a warm-up
             start = time.perf_counter()
             log_model(model, name="bench", task="multiclass", head=logit_head(), n_classes=10, example=data["x_test"],
-                      tags={}, step=0)
+                      tags={}, params={}, step=0)
             times.append(time.perf_counter() - start)
     row = compare("tracking overhead: logging the MNIST 25-15 model, against its tracked run", times[1:], None,
                   run_s=mnist_run_s, target=f"<= {MODEL_LOGGING_TARGET:.0%} of the run")

@@ -185,6 +185,32 @@ def test_metrics_sent_without_waiting_are_all_in_the_store_after_flush(run):
     assert [m.value for m in client.get_metric_history(run_id, "accuracy")] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
 
 
+@pytest.mark.parametrize("logged_by", ["this process", "an earlier process"])
+def test_a_steps_metrics_are_linked_to_the_model_and_stay_one_point_in_the_run(run, logged_by):
+    """What Model.log did by reading every history back: the step's metrics linked to the logged
+    model, each once in the run's history. A resumed job's last epoch may have reached the run from
+    the process before it: a fresh RunLog reads that one back."""
+    import mlflow
+
+    client, run_id = run
+    metrics = RunLog(run_id)
+    for epoch in range(3):
+        metrics.log({"loss": 1.0 / (epoch + 1), "accuracy": epoch / 3}, step=epoch)
+    metrics.log({"train_seconds": 1.5})  # step 0: linked along with epoch 0's, as Model.log linked them
+    if logged_by == "an earlier process":
+        metrics.flush()
+        metrics = RunLog(run_id)
+    models = {step: mlflow.initialize_logged_model(name=f"at-{step}", source_run_id=run_id).model_id for step in (0, 2)}
+    for step, model_id in models.items():
+        metrics.link_model(model_id, step)
+    metrics.flush()
+    linked = {step: {m.key: m.value for m in client.get_logged_model(model_id).metrics}
+              for step, model_id in models.items()}
+    assert linked[2] == {"loss": pytest.approx(1 / 3), "accuracy": pytest.approx(2 / 3)}
+    assert linked[0] == {"loss": 1.0, "accuracy": 0.0, "train_seconds": 1.5}
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1, 2], "one point a step"
+
+
 class _FailedWrite:
     def wait(self):
         from mlflow.exceptions import MlflowException

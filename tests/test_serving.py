@@ -56,7 +56,7 @@ def logged(task: str, name: str, x: np.ndarray, seed: int = 0):
     model = build_model(x.shape[1], 5, [16], name, task=task)
     with mlflow.start_run() as run:
         info = log_model(model, name=f"{task}-{name}", task=task, head=head(name), n_classes=5, example=x,
-                         tags={"head": name}, step=0)
+                         tags={"head": name}, params={"seed": str(seed)}, step=0)
     return model, info, run.info.run_id
 
 
@@ -110,13 +110,28 @@ def test_a_model_logged_from_its_saved_file_is_that_file_and_serves_as_the_model
     model.save(tmp_path / "model.keras")
     with mlflow.start_run():
         info = log_model(model, name="from-file", task="multiclass", head=head("softmax_strict"), n_classes=5,
-                         example=x, tags={}, step=0, saved=tmp_path / "model.keras")
+                         example=x, tags={}, params={}, step=0, saved=tmp_path / "model.keras")
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
     assert (local / "data" / "model.keras").read_bytes() == (tmp_path / "model.keras").read_bytes()
     raw = np.asarray(model(x, training=False))
     np.testing.assert_array_equal(np.asarray(mlflow.keras.load_model(info.model_uri)(x, training=False)), raw)
     served = mlflow.pyfunc.load_model(info.model_uri).predict(x)
     np.testing.assert_allclose(served[[f"prob_{i}" for i in range(5)]].to_numpy(), raw, rtol=1e-6)
+
+
+def test_a_model_that_fails_to_save_is_logged_failed_not_left_pending(store, x, tmp_path):
+    """The logged model exists before its files: a failure in between marks it FAILED, as
+    MLflow's Model.log does, and the error goes on."""
+    import mlflow
+
+    from logitlab.serving.pyfunc import log_model
+
+    model = build_model(x.shape[1], 5, [16], "logit", task="multiclass")
+    with mlflow.start_run() as run, pytest.raises(FileNotFoundError, match="gone.keras"):
+        log_model(model, name="unsaved", task="multiclass", head=head("logit"), n_classes=5, example=x, tags={},
+                  params={}, step=0, saved=tmp_path / "gone.keras")
+    [found] = mlflow.search_logged_models(filter_string="name = 'unsaved'", output_format="list")
+    assert found.status == "FAILED" and found.source_run_id == run.info.run_id
 
 
 def test_a_logit_head_serves_where_a_naive_softmax_overflows(store, x):
@@ -143,7 +158,11 @@ def test_the_logged_model_has_a_signature_an_example_and_pinned_requirements(sto
     np.testing.assert_allclose(np.asarray(example, dtype=np.float32), x[:2])
     requirements = open(f"{local}/requirements.txt").read().split()
     assert any(r.startswith("keras==") for r in requirements) and any(r.startswith("mlflow==") for r in requirements)
-    assert mlflow.get_logged_model(info.model_id).source_run_id == run_id
+    found = mlflow.get_logged_model(info.model_id)
+    assert found.source_run_id == run_id and found.status == "READY" and found.params == {"seed": "0"}
+    assert found.tags["head"] == "logit"
+    [output] = mlflow.get_run(run_id).outputs.model_outputs
+    assert (output.model_id, output.step) == (info.model_id, 0)
 
 
 def register(x, name: str, loss: float, task: str = "multiclass", trainer: str = "fit", layers=(16,)):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,6 @@ import numpy as np
 from logitlab.evaluate.numerics import predicted_class
 from logitlab.model.heads import Head, instantiate
 
-FLAVOR = "keras"                 # the logged model's flavor, as the Models tab shows it
 CLASS_COLUMN = "class"
 EXAMPLE_ROWS = 2                 # rows of the input example stored with each model
 
@@ -100,11 +99,10 @@ class SavedKerasFile:
 
 
 def save_model(model: Any, path: str, mlflow_model: Any = None, *, task: str, head: Head,
-               validate_serving_input: bool = True, saved: str | os.PathLike[str] | None = None,
-               **keras_kwargs: Any) -> None:
-    """mlflow.keras.save_model, with this module as the python_function loader (Model.log calls this;
-    `validate_serving_input` is Model.log's own). `saved`: the model's `.keras` file, already
-    written (the train stage's), copied instead of saving the model again."""
+               saved: str | os.PathLike[str] | None = None, **keras_kwargs: Any) -> None:
+    """mlflow.keras.save_model, with this module as the python_function loader. `saved`: the
+    model's `.keras` file, already written (the train stage's), copied instead of saving the model
+    again."""
     import mlflow.keras
     from mlflow.models import Model
     from mlflow.models.model import MLMODEL_FILE_NAME
@@ -122,19 +120,44 @@ def save_model(model: Any, path: str, mlflow_model: Any = None, *, task: str, he
 
 
 def log_model(model: Any, *, name: str, task: str, head: Head, n_classes: int, example: np.ndarray,
-              tags: dict[str, str], step: int, saved: str | os.PathLike[str] | None = None) -> Any:
-    """Log `model` as an MLflow logged model of the active run; returns MLflow's ModelInfo. `saved`:
-    the model's `.keras` file if one was just written (logged as it is, not saved again)."""
-    from mlflow.models import Model
+              tags: Mapping[str, str], params: Mapping[str, str], step: int,
+              saved: str | os.PathLike[str] | None = None) -> Any:
+    """Log `model` as an MLflow logged model of the active run, output of the run at `step`; returns
+    MLflow's ModelInfo. `params`: the run's params, which the logged model carries too. `saved`: the
+    model's `.keras` file if one was just written (logged as it is, not saved again).
 
-    return Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], flavor_name=FLAVOR, model=model,
-                     task=task, head=head, signature=signature(int(example.shape[1]), task, n_classes),
-                     input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float32),
-                     pip_requirements=list(requirements()), tags=tags, step=step, saved=saved,
-                     # MLflow would load the model back from disk and predict the example: the costliest
-                     # part of logging a small model (~0.1 s a job). tests/test_serving.py checks the
-                     # contract for every head instead.
-                     validate_serving_input=False)
+    MLflow's `Model.log` from its public parts (`initialize_logged_model`, the run's output, the
+    flavor's `save_model`, `log_model_artifacts`, `finalize_logged_model`): `Model.log` reads the
+    run's params and every metric's whole history back from the store, so the run's writes must be
+    flushed before it (~30 ms a job). The caller has both in memory: the params here, and the step's
+    metrics, which it links to the model itself (RunLog.link_model). Left out as well: `Model.log`'s
+    serving-input check, which would load the model back and predict the example (~0.1 s a job);
+    tests/test_serving.py checks the contract for every head instead."""
+    import mlflow
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+    from mlflow.utils.file_utils import TempDir
+
+    run_id = mlflow.active_run().info.run_id
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, tags=dict(tags),
+                                            params={k: str(v) for k, v in params.items()})
+    client = mlflow.MlflowClient()
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+        mlflow_model = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                             model_id=logged.model_id)
+        with TempDir() as tmp:
+            local = tmp.path("model")
+            save_model(model, local, mlflow_model, task=task, head=head,
+                       signature=signature(int(example.shape[1]), task, n_classes),
+                       input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float32),
+                       pip_requirements=list(requirements()), saved=saved)
+            client.log_model_artifacts(logged.model_id, local)
+    except BaseException:
+        mlflow.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    mlflow.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return mlflow_model.get_model_info(logged)
 
 
 class HeadPredictor:

@@ -55,6 +55,7 @@ class RunLog:
         self.run_id = run_id
         self._client = mlflow.MlflowClient()
         self._pending: list[tuple[str, dict[str, list[Any]], Any]] = []
+        self._sent: dict[int, list[Any]] = {}  # each step's metrics as sent, for link_model
 
     def log(self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None,
             dataset: Any = None) -> None:
@@ -65,8 +66,35 @@ class RunLog:
         now = int(time.time() * 1000)
         link = {"model_id": model_id, "dataset_name": getattr(dataset, "name", None),
                 "dataset_digest": getattr(dataset, "digest", None)}
-        self.log_batch(f"log step {step} metrics",
-                       metrics=[Metric(k, float(v), now, step, **link) for k, v in metrics.items()])
+        sent = [Metric(k, float(v), now, step, **link) for k, v in metrics.items()]
+        if model_id is None and dataset is None:
+            self._sent.setdefault(step, []).extend(sent)
+        self.log_batch(f"log step {step} metrics", metrics=sent)
+
+    def link_model(self, model_id: str, step: int) -> None:
+        """Link the run's metrics of `step` to the logged model `model_id`, as MLflow's Model.log does:
+        each is sent again with the model's id and its own timestamp, so the run's history keeps one
+        point (the store drops the same metric twice) and the model gets its copy. Where this process
+        logged nothing at `step` (a resumed job whose last epoch reached the run before it was
+        killed), they are read back from the store.
+
+        The link is written on its own, once the step's first writes are in the store: the same
+        metric twice in one insert fails it, and the store then recovers row by row through the
+        whole batch; MLflow's writer would merge everything queued for the run into that batch
+        (~25 ms for a blobs run, against ~4 ms for the link alone)."""
+        from mlflow.entities import Metric
+
+        sent = self._sent.get(step)
+        if sent is not None:
+            self.flush()
+        else:
+            run = store_call("read the run", self._client.get_run, self.run_id)
+            sent = [m for key in run.data.metrics
+                    for m in store_call("read a metric's history", self._client.get_metric_history, self.run_id, key)
+                    if m.step == step and m.model_id is None]
+        store_call(f"link step {step} metrics to the model", self._client.log_batch, self.run_id, metrics=[
+            Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, dataset_name=m.dataset_name,
+                   dataset_digest=m.dataset_digest) for m in sent])
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
