@@ -128,11 +128,12 @@ def log_model(model: Any, *, name: str, task: str, head: Head, n_classes: int, e
 
     MLflow's `Model.log` from its public parts (`initialize_logged_model`, the run's output, the
     flavor's `save_model`, `log_model_artifacts`, `finalize_logged_model`): `Model.log` reads the
-    run's params and every metric's whole history back from the store, so the run's writes must be
-    flushed before it (~30 ms a job). The caller has both in memory: the params here, and the step's
+    run's params and every metric's whole history back from the store, to give the model the params
+    and link it the step's metrics. The caller has both in memory: the params here, and the step's
     metrics, which it links to the model itself (RunLog.link_model). Left out as well: `Model.log`'s
     serving-input check, which would load the model back and predict the example (~0.1 s a job);
-    tests/test_serving.py checks the contract for every head instead."""
+    tests/test_serving.py checks the contract for every head instead. A failure after the logged
+    model is made marks it FAILED, as `Model.log` does."""
     import mlflow
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model

@@ -80,8 +80,8 @@ class RunLog:
 
         The link is written on its own, once the step's first writes are in the store: the same
         metric twice in one insert fails it, and the store then recovers row by row through the
-        whole batch; MLflow's writer would merge everything queued for the run into that batch
-        (~25 ms for a blobs run, against ~4 ms for the link alone)."""
+        whole batch. Queued, MLflow's writer would merge it with everything else queued for the run:
+        41-50 ms for a blobs run's one batch, against 11 ms and 5 ms written apart."""
         from mlflow.entities import Metric
 
         sent = self._sent.get(step)
