@@ -216,10 +216,13 @@ def fork_dvc(args: list[str], log: Path, cwd: Path | None, env: Mapping[str, str
         from dvc.cli import main as dvc_main
 
         code = dvc_main(args)
-    except SystemExit as exc:  # what a `dvc` process would exit with
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if exc.code is not None and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)
+    except SystemExit as exc:  # what a `dvc` process would exit with, by sys.exit's rules
+        code = exc.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):  # a message: printed, and exit status 1
+            print(code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001 - whatever it was, it is the stage's log's
         import traceback
 
