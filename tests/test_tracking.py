@@ -123,6 +123,37 @@ def test_a_process_that_exits_mid_run_ends_it_killed(tmp_path):
     assert ended.data.tags["logitlab.status_reason"] == "the process exited (code -1) during train"
 
 
+@pytest.mark.parametrize("value", ["0.5", "-1", "soon"])
+def test_a_buffering_time_mlflow_cannot_use_fails_before_the_run_starts(tmp_path, monkeypatch, value):
+    """MLflow's writer thread reads MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS as an int: "0.5" killed
+    the thread and the run's first flush then waited forever; -1 spins it. One line naming the value
+    and the valid ones, before any run exists."""
+    import mlflow
+
+    from logitlab.errors import UserError
+    from logitlab.tracking.runs import tracked_run
+
+    (tmp_path / "store").mkdir()
+    cfg = tiny_blobs_cfg(tmp_path)
+    setup(cfg.tracking, ROOT)  # the store and experiment exist: only the run is at stake
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", value)
+    with pytest.raises(UserError) as error, tracked_run(cfg.tracking, ROOT, found_by="train", run_name="never"):
+        pass
+    assert str(error.value).startswith(f"MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS={value!r} is not a whole number")
+    assert "0, 1, 2" in str(error.value) and "\n" not in str(error.value)
+    client = mlflow.MlflowClient(tracking_uri(cfg.tracking, ROOT))
+    assert client.search_runs([client.get_experiment_by_name("logitlab").experiment_id]) == []
+
+
+def test_whole_seconds_of_buffering_are_the_users_choice(tmp_path, monkeypatch):
+    from logitlab.tracking.runs import async_buffering
+
+    monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
+    assert async_buffering() == 2 and os.environ["MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"] == "2"
+    monkeypatch.delenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS")
+    assert async_buffering() == 1, "unset: logitlab's default, which spares the writer's 1 s queue timeout"
+
+
 def test_the_stage_files_hold_what_the_run_holds(trained, tmp_path):
     files = trained.files
     local = trained.client.download_artifacts(trained.run_id, "predictions.json", str(tmp_path))

@@ -17,6 +17,7 @@ from logitlab.errors import (
     Interrupted,
     StoreDamaged,
     StoreUnavailable,
+    UserError,
     first_line,
     interrupts_end_the_run,
     redact_text,
@@ -27,6 +28,7 @@ from logitlab.tracking.store import setup, store_call
 log = logging.getLogger(__name__)
 
 TAG_EPOCH = "logitlab.failed_epoch"
+BUFFERING = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
 
 
 def open_store(tracking: Any, root: Path, found_by: str, create: bool = True) -> str | None:
@@ -39,6 +41,25 @@ def open_store(tracking: Any, root: Path, found_by: str, create: bool = True) ->
     return experiment_id
 
 
+def async_buffering() -> int:
+    """MLflow's async writer waits this many seconds for more writes to merge (default here: 1). Its
+    writer thread otherwise waits on its queue with a 1 s timeout, and ending the run waits for that
+    thread: ~1 s lost per run; buffering, it sleeps on an event that ending (and flush) sets at once.
+
+    MLflow reads the variable as an int inside that thread: a value such as 0.5 kills the thread,
+    and the run's next flush then waits forever for writes nobody makes. So a bad value is one line
+    before the run starts."""
+    value = os.environ.setdefault(BUFFERING, "1")
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise UserError(f"{BUFFERING}={value!r} is not a whole number of seconds; MLflow's writer takes "
+                        "0, 1, 2, ... (logitlab's default: 1; unset it to use that)")
+    return seconds
+
+
 class RunLog:
     """A run's params, metrics and tags, sent without waiting for the store (MLflow's async logging:
     training goes on while a background thread writes), and every write checked by `flush`: a failed
@@ -48,10 +69,7 @@ class RunLog:
     def __init__(self, run_id: str) -> None:
         import mlflow
 
-        # MLflow's writer thread otherwise waits on its queue with a 1 s timeout, and ending the run
-        # waits for that thread: ~1 s lost per run. Buffering, it sleeps on an event that ending (and
-        # flush) sets at once, and merges what arrived meanwhile into one write.
-        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+        async_buffering()
         self.run_id = run_id
         self._client = mlflow.MlflowClient()
         self._pending: list[tuple[str, dict[str, list[Any]], Any]] = []
@@ -151,6 +169,7 @@ def tracked_run(tracking: Any, root: Path, *, found_by: str, run_name: str | Non
     FAILED on any error, the reason in its tags; the exception then goes on."""
     import mlflow
 
+    async_buffering()
     setup(tracking, root)
     if resume_run_id:
         client = mlflow.MlflowClient()
