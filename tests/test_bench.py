@@ -114,10 +114,20 @@ def test_the_tracking_rows_time_a_tracked_train_job_against_the_same_job_untrack
     from helpers import tiny_blobs
 
     data = tiny_blobs(tmp_path)
-    monkeypatch.setattr(bench, "TRACKING", [("tiny blobs", [*data, "trainer.epochs=2"], 0.05)])
+    monkeypatch.setattr(bench, "TRACKING", [("tiny blobs", [*data, "trainer.epochs=2"], 0.05, 2)])
     [row] = bench.tracking_overhead(tmp_path / "work", trials=1)
-    assert row["trials"] == 1 and row["logitlab_s"] > 0 and row["baseline_s"] > 0
-    assert row["overhead_fraction"] == pytest.approx(row["logitlab_s"] / row["baseline_s"] - 1)
+    assert row["trials"] == 2 and row["logitlab_s"] > 0 and row["baseline_s"] > 0, "the row's own rounds, at least"
+    assert row["added_min_s"] <= row["added_s"] <= row["added_max_s"]
+    assert row["met"] == (row["added_s"] <= bench.TRACKING_ADDED_S and row["overhead_fraction"] <= 0.05)
+
+
+def test_what_tracking_adds_is_taken_round_by_round(bench):
+    """Each round's difference, not the medians': here the rounds add 1.0, -0.5 and 1.0 s (the
+    baseline's second job hit a slow moment), the medians are both 2.0 s."""
+    added = bench.paired([1.5, 2.0, 3.0], [0.5, 2.5, 2.0])
+    assert added["added_s"] == pytest.approx(1.0)
+    assert (added["added_min_s"], added["added_max_s"]) == (pytest.approx(-0.5), pytest.approx(1.0))
+    assert added["overhead_fraction"] == pytest.approx(0.5)  # the rounds' +200%, -20%, +50%
 
 
 def test_the_pictures_part_times_both_figures_at_both_sizes(bench):
