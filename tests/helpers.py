@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -285,10 +286,12 @@ def accepts(port: int) -> bool:
 
 
 def _apt(*args: str) -> bool:
+    """apt-get `args`, waiting up to 10 minutes for the dpkg and package-list locks another apt-get
+    holds (apt's DPkg::Lock::Timeout) instead of failing at once."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
-        proc = subprocess.run(["apt-get", *args], check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=900)
+        proc = subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", *args], check=False, env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0
@@ -306,10 +309,15 @@ def ensure_debian(packages: list[str], programs: list[Path]) -> None:
         pytest.skip(f"{what} and installing {' '.join(packages)} needs root")
     if shutil.which("apt-get") is None:
         pytest.skip(f"{what} and there is no apt-get to install {' '.join(packages)}")
-    if not _apt("install", "-y", "-q", *packages):
-        _apt("update", "-q")
+    from filelock import FileLock
+
+    # One install at a time from this machine's test processes: two pytest-xdist workers installing
+    # at once (SLURM's packages and Chromium) had the second fail on dpkg's lock and skip its test.
+    with FileLock(Path(tempfile.gettempdir()) / "logitlab-tests-apt.lock"):
         if not _apt("install", "-y", "-q", *packages):
-            pytest.skip(f"{' '.join(packages)} could not be installed with apt-get")
+            _apt("update", "-q")
+            if not _apt("install", "-y", "-q", *packages):
+                pytest.skip(f"{' '.join(packages)} could not be installed with apt-get")
     still = [p for p in programs if not p.exists()]
     if still:
         pytest.skip(f"{' '.join(packages)} installed but {', '.join(map(str, still))} still missing")

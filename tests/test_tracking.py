@@ -145,7 +145,7 @@ def test_a_buffering_time_mlflow_cannot_use_fails_before_the_run_starts(tmp_path
     assert client.search_runs([client.get_experiment_by_name("logitlab").experiment_id]) == []
 
 
-def test_whole_seconds_of_buffering_are_the_users_choice(tmp_path, monkeypatch):
+def test_whole_seconds_of_buffering_are_the_users_choice(monkeypatch):
     from logitlab.tracking.runs import async_buffering
 
     monkeypatch.setenv("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
