@@ -851,6 +851,15 @@ def import_seconds() -> float:
 # --------------------------------------------------------------------------- the table
 
 
+def _added(r: dict[str, Any]) -> str:
+    """A tracking row's added seconds, and the rounds' [min to max] where the row has them (rows
+    written before they were kept have the seconds alone)."""
+    if "added_s" not in r:
+        return ""
+    spread = f" [{r['added_min_s']:+.3f} to {r['added_max_s']:+.3f}]" if "added_min_s" in r else ""
+    return f", {r['added_s']:+.3f} s{spread}"
+
+
 def _seconds(r: dict[str, Any], side: str, unit: str = "") -> str:
     """A side of a row (`logitlab` or `baseline`): its median, and [min-max] when they differ."""
     median, low, high = r[f"{side}_s"], r[f"{side}_min_s"], r[f"{side}_max_s"]
@@ -871,8 +880,7 @@ def markdown(results: dict[str, Any]) -> str:
     for r in results["results"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         if "overhead_fraction" in r:
-            ratio = f"{r['overhead_fraction']:+.1%}" + (f", {r['added_s']:+.3f} s" if "added_s" in r else "") + (
-                f" [{r['added_min_s']:+.3f} to {r['added_max_s']:+.3f}]" if "added_min_s" in r else "")
+            ratio = f"{r['overhead_fraction']:+.1%}" + _added(r)
         elif "wall_over_training" in r:
             ratio = f"{r['wall_over_training']:.2f}x the training; {r['per_job_s']:.2f} s a job"
         elif "per_job_ratio" in r:
@@ -915,9 +923,8 @@ def details(rows: list[dict[str, Any]], peaks: dict[str, float]) -> str:
                 line += f"; tuned Keras's one try: jit_compile off {probe['false']:.3f} s, on {probe['true']:.3f} s"
             lines.append(line)
         elif name.startswith("tracking"):
-            lines.append(f"{name}: {r['overhead_fraction']:+.1%}" + (
-                f", {r['added_s']:+.3f} s [{r['added_min_s']:+.3f} to {r['added_max_s']:+.3f}] round by round"
-                if "added_min_s" in r else ""))
+            lines.append(f"{name}: {r['overhead_fraction']:+.1%}" + _added(r)
+                         + (" round by round" if "added_min_s" in r else ""))
         elif name.startswith("sweep") and "wall_over_training" in r:
             lines.append(f"{name}: {r['wall_over_training']:.2f}x the training; per job (medians): training "
                          f"{r['training_per_job_s']:.2f} s, the rest of its run {r['in_run_overhead_per_job_s']:.2f} s "
