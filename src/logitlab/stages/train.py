@@ -252,11 +252,12 @@ def record(plan: Plan, model: Any, history: list[dict[str, float]], steps: list[
     picture = draw_run_figure(files.model_dir / FIGURE_FILE, result.outputs, result.probabilities, result.labels,
                               str(cfg.task), head.from_logits, f"{plan.run_name}: {head.name} head, "
                               f"{len(result.labels)} {cfg.evaluate.split} examples", history)
+    last_epoch = len(history) - 1  # its step: the logged model is the run's output there, linked to its metrics
     logged = store_call("log the model", log_model, model, name=cfg.variant, task=str(cfg.task), head=head,
                         n_classes=cfg.ds.num_classes, example=x_eval, tags=identity(cfg), params=plan.params,
-                        step=len(history) - 1,
+                        step=last_epoch,
                         saved=files.model_dir / MODEL_FILE)  # the file write_outputs wrote: copied, not saved again
-    run_log.link_model(logged.model_id, len(history) - 1)  # the last epoch's metrics
+    run_log.link_model(logged.model_id, last_epoch)
     run_log.log(result.metrics, model_id=logged.model_id, dataset=plan.sets[1])  # the Models tab's test metrics
     run_log.log(process_memory())
     run_log.set_tags(result.tags)
